@@ -1,0 +1,49 @@
+//! The `strait` command line: one file per subcommand, each thin.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub mod tunnel;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strait",
+    version,
+    about = "Connects Kubernetes clusters at layer 3 over WireGuard"
+)]
+pub struct Cli {
+    /// Log line format (the level comes from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain, env = "STRAIT_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a userspace WireGuard interface that wg(8) configures.
+    Tunnel(tunnel::TunnelArgs),
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Tunnel(args) => tunnel::run(args),
+    }
+}

@@ -1,0 +1,723 @@
+//! The WireGuard device: a TUN interface, a UDP listen socket and the
+//! peers, moved between by three threads (TUN to network, network to TUN,
+//! timers). Configuration comes through [`Device::set`], the same request
+//! the UAPI carries, so the gateway and `wg set` drive it alike.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, TunnResult};
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::watch;
+
+use super::allowed_ips::AllowedIps;
+use super::config::DeviceConfig;
+use super::key::Key;
+use super::packet::{classify_datagram, ip_addresses, peer_index_of, Datagram};
+use super::peer::{keepalive_due, Identity, Peer};
+use super::sys::{self, Wake};
+use super::uapi::{DeviceReport, PeerReport, SetRequest};
+use super::udp::Listener;
+
+/// Room for the largest IP packet plus WireGuard's 32 bytes of framing.
+const BUFFER_LEN: usize = 65_536 + 32;
+/// How often peer timers run; WireGuard's own timers are in seconds.
+const TIMER_TICK: Duration = Duration::from_millis(100);
+/// Longest interface name Linux accepts (IFNAMSIZ less the NUL).
+const IFNAME_MAX: usize = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("interface name {name:?} is not valid: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+    #[error(
+        "{} is missing: load the tun module or give the container the device",
+        sys::TUN_PATH
+    )]
+    TunMissing,
+    #[error("creating TUN interface {ifname} needs CAP_NET_ADMIN (run as root)")]
+    NotPermitted { ifname: String },
+    #[error("interface {ifname} exists and another process holds it")]
+    InUse { ifname: String },
+    #[error("creating TUN interface {ifname}: {source}")]
+    Tun { ifname: String, source: io::Error },
+    #[error("UDP listen port {port} is already in use")]
+    PortInUse { port: u16 },
+    #[error("binding UDP listen port {port}: {source}")]
+    Bind { port: u16, source: io::Error },
+    #[error("starting the device's {what}: {source}")]
+    Start {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+impl DeviceError {
+    /// The errno a UAPI client gets for this failure.
+    pub fn errno(&self) -> i32 {
+        match self {
+            DeviceError::PortInUse { .. } => libc::EADDRINUSE,
+            DeviceError::InvalidName { .. } => libc::EINVAL,
+            _ => libc::EIO,
+        }
+    }
+}
+
+/// Packets dropped, by reason. Read with [`Device::counters`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Datagrams that are no WireGuard message (wrong type or size).
+    pub invalid_datagrams: AtomicU64,
+    /// Well-formed messages that failed authentication, replays included.
+    pub rejected_datagrams: AtomicU64,
+    /// Handshakes from keys that are no peer of ours.
+    pub unknown_peer: AtomicU64,
+    /// Decrypted packets whose source is not in the sender's allowed IPs.
+    pub source_rejected: AtomicU64,
+    /// Packets from the TUN with no peer for their destination.
+    pub no_route: AtomicU64,
+    /// Packets for a peer whose endpoint is unknown.
+    pub no_endpoint: AtomicU64,
+    /// Cookie replies sent because handshakes came in too fast.
+    pub cookies_sent: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub invalid_datagrams: u64,
+    pub rejected_datagrams: u64,
+    pub unknown_peer: u64,
+    pub source_rejected: u64,
+    pub no_route: u64,
+    pub no_endpoint: u64,
+    pub cookies_sent: u64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What the packet threads read: swapped whole on every configuration
+/// change so that the hot path takes no lock to find a peer.
+#[derive(Default)]
+struct Routing {
+    identity: Option<Arc<Identity>>,
+    allowed: AllowedIps<Arc<Peer>>,
+    by_index: HashMap<u32, Arc<Peer>>,
+    by_key: HashMap<Key, Arc<Peer>>,
+}
+
+/// Configuration and the live peers built from it; changed under one lock.
+struct Control {
+    config: DeviceConfig,
+    peers: HashMap<Key, Arc<Peer>>,
+    next_index: u32,
+}
+
+struct Shared {
+    name: String,
+    tun: File,
+    wake: Wake,
+    stopping: AtomicBool,
+    timer_lock: Mutex<()>,
+    timer_wake: Condvar,
+    stopped: watch::Sender<bool>,
+    control: Mutex<Control>,
+    routing: ArcSwap<Routing>,
+    listener: ArcSwap<Listener>,
+    counters: Counters,
+}
+
+pub struct Device {
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn validate_name(name: &str) -> Result<(), DeviceError> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > IFNAME_MAX {
+        "it is longer than 15 bytes"
+    } else if name == "." || name == ".." {
+        "it is a path component"
+    } else if name
+        .bytes()
+        .any(|b| b == b'/' || b == b'%' || b.is_ascii_whitespace() || b == 0)
+    {
+        "it contains '/', '%', a space or NUL"
+    } else {
+        return Ok(());
+    };
+    Err(DeviceError::InvalidName {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+fn bind(port: u16, fwmark: u32) -> Result<Listener, DeviceError> {
+    Listener::bind(port, fwmark).map_err(|source| match source.kind() {
+        io::ErrorKind::AddrInUse => DeviceError::PortInUse { port },
+        _ => DeviceError::Bind { port, source },
+    })
+}
+
+impl Device {
+    /// Creates the TUN interface `name`, binds a UDP port (any free one
+    /// until a listen port is set) and starts the packet threads.
+    pub fn create(name: &str) -> Result<Device, DeviceError> {
+        validate_name(name)?;
+        let tun = sys::open_tun(name).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => DeviceError::TunMissing,
+            io::ErrorKind::PermissionDenied => DeviceError::NotPermitted {
+                ifname: name.to_string(),
+            },
+            _ if source.raw_os_error() == Some(libc::EBUSY) => DeviceError::InUse {
+                ifname: name.to_string(),
+            },
+            _ => DeviceError::Tun {
+                ifname: name.to_string(),
+                source,
+            },
+        })?;
+        let listener = bind(0, 0)?;
+        let start = |what| move |source| DeviceError::Start { what, source };
+        let wake = Wake::new().map_err(start("wake-up eventfd"))?;
+        let shared = Arc::new(Shared {
+            name: name.to_string(),
+            tun,
+            wake,
+            stopping: AtomicBool::new(false),
+            timer_lock: Mutex::new(()),
+            timer_wake: Condvar::new(),
+            stopped: watch::channel(false).0,
+            control: Mutex::new(Control {
+                config: DeviceConfig::default(),
+                peers: HashMap::new(),
+                next_index: first_peer_index(),
+            }),
+            routing: ArcSwap::from_pointee(Routing::default()),
+            listener: ArcSwap::from_pointee(listener),
+            counters: Counters::default(),
+        });
+        let device = Device {
+            shared,
+            threads: Mutex::new(Vec::new()),
+        };
+        type Loop = fn(&Shared);
+        let loops: [(&str, Loop); 3] = [
+            ("tun", Shared::tun_loop),
+            ("udp", Shared::udp_loop),
+            ("timers", Shared::timer_loop),
+        ];
+        for (role, run) in loops {
+            let shared = device.shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("{}-{role}", device.shared.name))
+                .spawn(move || {
+                    run(&shared);
+                    // Whichever loop ends first ends the device.
+                    shared.stop();
+                })
+                .map_err(start("packet threads"))?;
+            device.threads.lock().push(handle);
+        }
+        tracing::info!(
+            ifname = name,
+            port = device.shared.listener.load().port(),
+            "WireGuard device up"
+        );
+        Ok(device)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Applies a UAPI `set`. Either the whole request takes effect or, when
+    /// the new listen port cannot be bound, none of it.
+    pub fn set(&self, req: &SetRequest) -> Result<(), DeviceError> {
+        self.shared.set(req)
+    }
+
+    /// What a UAPI `get` answers.
+    pub fn report(&self) -> DeviceReport {
+        self.shared.report(SystemTime::now())
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CounterSnapshot {
+            invalid_datagrams: get(&c.invalid_datagrams),
+            rejected_datagrams: get(&c.rejected_datagrams),
+            unknown_peer: get(&c.unknown_peer),
+            source_rejected: get(&c.source_rejected),
+            no_route: get(&c.no_route),
+            no_endpoint: get(&c.no_endpoint),
+            cookies_sent: get(&c.cookies_sent),
+        }
+    }
+
+    /// Becomes true when the device stops (a call to [`Device::stop`] or
+    /// the interface disappearing).
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.shared.stopped.subscribe()
+    }
+
+    /// Stops the threads; the interface goes when the device is dropped.
+    pub fn stop(&self) {
+        self.shared.stop();
+        for handle in self.threads.lock().drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Random start so that indices differ across restarts of the device.
+fn first_peer_index() -> u32 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    (nanos ^ std::process::id()) & 0x00ff_ffff
+}
+
+impl Shared {
+    fn stop(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.wake.signal();
+        {
+            let _guard = self.timer_lock.lock();
+            self.timer_wake.notify_all();
+        }
+        self.stopped.send_replace(true);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, req: &SetRequest) -> Result<(), DeviceError> {
+        let mut guard = self.control.lock();
+        let control = &mut *guard;
+        let old = &control.config;
+        let next = old.applied(req);
+
+        if next.listen_port != old.listen_port || next.fwmark != old.fwmark {
+            let listener = bind(next.listen_port, next.fwmark)?;
+            tracing::info!(ifname = %self.name, port = listener.port(), "listening");
+            self.listener.swap(Arc::new(listener)).shutdown();
+        }
+
+        let key_changed = next.private_key != old.private_key;
+        let identity = match next.private_key {
+            Some(_) if !key_changed => self.routing.load().identity.clone(),
+            Some(key) => Some(Arc::new(Identity::new(key))),
+            None => None,
+        };
+
+        let mut peers = HashMap::new();
+        if let Some(identity) = &identity {
+            for wanted in &next.peers {
+                let kept = control.peers.get(&wanted.public_key).filter(|_| {
+                    old.peer(&wanted.public_key)
+                        .is_some_and(|p| p.preshared_key == wanted.preshared_key)
+                });
+                let peer = match kept {
+                    Some(peer) => {
+                        if key_changed {
+                            peer.set_identity(identity);
+                        }
+                        peer.clone()
+                    }
+                    None => {
+                        let index = next_free_index(&mut control.next_index, &control.peers);
+                        let peer =
+                            Peer::new(identity, wanted.public_key, wanted.preshared_key, index);
+                        if let Some(endpoint) = wanted.endpoint {
+                            peer.set_endpoint(endpoint);
+                        }
+                        Arc::new(peer)
+                    }
+                };
+                peers.insert(wanted.public_key, peer);
+            }
+        }
+
+        let mut keepalives_started = Vec::new();
+        for change in &req.peers {
+            let Some(peer) = peers.get(&change.public_key) else {
+                continue;
+            };
+            if let Some(endpoint) = change.endpoint {
+                peer.set_endpoint(endpoint);
+            }
+        }
+        for wanted in &next.peers {
+            if let Some(peer) = peers.get(&wanted.public_key) {
+                let before = peer.set_persistent_keepalive(wanted.persistent_keepalive);
+                if before == 0 && wanted.persistent_keepalive > 0 {
+                    keepalives_started.push(peer.clone());
+                }
+            }
+        }
+
+        let mut routing = Routing {
+            identity,
+            ..Routing::default()
+        };
+        for wanted in &next.peers {
+            if let Some(peer) = peers.get(&wanted.public_key) {
+                for net in &wanted.allowed_ips {
+                    routing.allowed.insert(*net, peer.clone());
+                }
+                routing.by_index.insert(peer.index, peer.clone());
+                routing.by_key.insert(peer.public_key, peer.clone());
+            }
+        }
+        self.routing.store(Arc::new(routing));
+        control.peers = peers;
+        control.config = next;
+        drop(guard);
+
+        // Like wireguard-go: turning a keepalive on sends one at once, which
+        // starts the handshake through any NAT in between.
+        let mut buf = vec![0u8; 256];
+        for peer in keepalives_started {
+            let mut session = peer.session.lock();
+            session.last_keepalive = Some(Instant::now());
+            let result = session.tunn.encapsulate(&[], &mut buf);
+            drop(session);
+            self.send_result(&peer, result);
+        }
+        Ok(())
+    }
+
+    fn report(&self, now: SystemTime) -> DeviceReport {
+        let control = self.control.lock();
+        let config = &control.config;
+        let peers = config
+            .peers
+            .iter()
+            .map(|wanted| {
+                let live = control.peers.get(&wanted.public_key);
+                let (last_handshake, rx_bytes, tx_bytes) =
+                    live.map(|p| p.stats(now)).unwrap_or((None, 0, 0));
+                PeerReport {
+                    public_key: wanted.public_key,
+                    preshared_key: wanted.preshared_key,
+                    endpoint: live.and_then(|p| p.endpoint()).or(wanted.endpoint),
+                    last_handshake: last_handshake
+                        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()),
+                    rx_bytes,
+                    tx_bytes,
+                    persistent_keepalive: wanted.persistent_keepalive,
+                    allowed_ips: wanted.allowed_ips.clone(),
+                }
+            })
+            .collect();
+        DeviceReport {
+            private_key: config.private_key,
+            listen_port: self.listener.load().port(),
+            fwmark: config.fwmark,
+            peers,
+        }
+    }
+
+    /// Sends what `Tunn` asked to send to the peer's current endpoint.
+    fn send_result(&self, peer: &Peer, result: TunnResult<'_>) {
+        match result {
+            TunnResult::WriteToNetwork(datagram) => self.send_to_peer(peer, datagram),
+            TunnResult::Err(e) => tracing::debug!(ifname = %self.name, error = ?e, "peer"),
+            _ => {}
+        }
+    }
+
+    fn send_to_peer(&self, peer: &Peer, datagram: &[u8]) {
+        match peer.endpoint() {
+            Some(endpoint) => self.send(datagram, endpoint),
+            None => bump(&self.counters.no_endpoint),
+        }
+    }
+
+    fn send(&self, datagram: &[u8], to: SocketAddr) {
+        if let Err(e) = self.listener.load().send_to(datagram, to) {
+            tracing::debug!(ifname = %self.name, %to, error = %e, "send failed");
+        }
+    }
+
+    /// Waits until `fd` is readable; false when the device is stopping.
+    fn wait_readable(&self, fd: i32) -> bool {
+        match sys::poll_two(fd, self.wake.fd()) {
+            Ok(ready) => !ready.wake && !self.is_stopping(),
+            Err(e) => {
+                tracing::error!(ifname = %self.name, error = %e, "poll failed");
+                false
+            }
+        }
+    }
+
+    fn tun_loop(&self) {
+        let mut packet = vec![0u8; BUFFER_LEN];
+        let mut out = vec![0u8; BUFFER_LEN];
+        while !self.is_stopping() {
+            let len = match (&self.tun).read(&mut packet) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.wait_readable(self.tun.as_raw_fd()) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::error!(ifname = %self.name, error = %e, "TUN interface gone");
+                    return;
+                }
+            };
+            self.send_from_tun(&packet[..len], &mut out);
+        }
+    }
+
+    /// Cryptokey routing: the peer owning the destination encrypts it.
+    fn send_from_tun(&self, packet: &[u8], out: &mut [u8]) {
+        let Some((_, destination)) = ip_addresses(packet) else {
+            return;
+        };
+        let routing = self.routing.load();
+        let Some(peer) = routing.allowed.lookup(destination) else {
+            bump(&self.counters.no_route);
+            return;
+        };
+        let result = peer.session.lock().tunn.encapsulate(packet, out);
+        self.send_result(peer, result);
+    }
+
+    fn udp_loop(&self) {
+        let mut datagram = vec![0u8; BUFFER_LEN];
+        let mut out = vec![0u8; BUFFER_LEN];
+        while !self.is_stopping() {
+            let listener = self.listener.load_full();
+            loop {
+                match listener.recv_from(&mut datagram) {
+                    Ok((0, _)) if self.listener_replaced(&listener) => break,
+                    Ok((len, from)) => self.receive(&datagram[..len], from, &mut out),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if self.listener_replaced(&listener) {
+                            break;
+                        }
+                        if !self.wait_readable(listener.socket().as_raw_fd()) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // ICMP errors from earlier sends surface here; the
+                        // socket is still good.
+                        tracing::trace!(ifname = %self.name, error = %e, "recv");
+                    }
+                }
+            }
+        }
+    }
+
+    fn listener_replaced(&self, current: &Arc<Listener>) -> bool {
+        !Arc::ptr_eq(current, &self.listener.load())
+    }
+
+    fn receive(&self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
+        let routing = self.routing.load();
+        let kind = classify_datagram(datagram);
+        let peer = match kind {
+            Datagram::Invalid => {
+                bump(&self.counters.invalid_datagrams);
+                return;
+            }
+            Datagram::HandshakeInitiation => match self.initiator(&routing, datagram, from, out) {
+                Some(peer) => peer,
+                None => return,
+            },
+            Datagram::HandshakeResponse { receiver }
+            | Datagram::CookieReply { receiver }
+            | Datagram::Data { receiver } => match routing.by_index.get(&peer_index_of(receiver)) {
+                Some(peer) => peer.clone(),
+                None => {
+                    bump(&self.counters.rejected_datagrams);
+                    return;
+                }
+            },
+        };
+
+        let mut session = peer.session.lock();
+        let authenticated = match session.tunn.decapsulate(Some(from.ip()), datagram, out) {
+            TunnResult::WriteToNetwork(reply) => {
+                self.send(reply, from);
+                // A completed handshake releases the packets queued for it.
+                while let TunnResult::WriteToNetwork(queued) =
+                    session.tunn.decapsulate(None, &[], out)
+                {
+                    self.send(queued, from);
+                }
+                true
+            }
+            TunnResult::WriteToTunnelV4(packet, source) => {
+                drop(session);
+                self.deliver(&routing, &peer, packet, source.into());
+                true
+            }
+            TunnResult::WriteToTunnelV6(packet, source) => {
+                drop(session);
+                self.deliver(&routing, &peer, packet, source.into());
+                true
+            }
+            // A keepalive is authenticated data; a cookie reply is not.
+            TunnResult::Done => matches!(kind, Datagram::Data { .. }),
+            TunnResult::Err(e) => {
+                tracing::trace!(ifname = %self.name, %from, error = ?e, "datagram rejected");
+                bump(&self.counters.rejected_datagrams);
+                false
+            }
+        };
+        if authenticated && peer.roam(from) {
+            tracing::info!(ifname = %self.name, peer = ?peer.public_key, endpoint = %from, "peer endpoint");
+        }
+    }
+
+    /// The peer a handshake initiation comes from, after the cheap checks
+    /// (MAC, load) that guard the Diffie-Hellman needed to find it.
+    fn initiator(
+        &self,
+        routing: &Routing,
+        datagram: &[u8],
+        from: SocketAddr,
+        out: &mut [u8],
+    ) -> Option<Arc<Peer>> {
+        let Some(identity) = &routing.identity else {
+            bump(&self.counters.rejected_datagrams);
+            return None;
+        };
+        let init = match identity
+            .rate_limiter
+            .verify_packet(Some(from.ip()), datagram, out)
+        {
+            Ok(Packet::HandshakeInit(init)) => init,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                bump(&self.counters.cookies_sent);
+                self.send(cookie, from);
+                return None;
+            }
+            _ => {
+                bump(&self.counters.rejected_datagrams);
+                return None;
+            }
+        };
+        let half = match parse_handshake_anon(&identity.secret, &identity.public, &init) {
+            Ok(half) => half,
+            Err(_) => {
+                bump(&self.counters.rejected_datagrams);
+                return None;
+            }
+        };
+        let peer = routing.by_key.get(&Key(half.peer_static_public)).cloned();
+        if peer.is_none() {
+            bump(&self.counters.unknown_peer);
+        }
+        peer
+    }
+
+    /// Writes a decrypted packet to the TUN if its source belongs to the
+    /// peer that sent it.
+    fn deliver(
+        &self,
+        routing: &Routing,
+        peer: &Arc<Peer>,
+        packet: &[u8],
+        source: std::net::IpAddr,
+    ) {
+        let owner = routing.allowed.lookup(source);
+        if !owner.is_some_and(|owner| Arc::ptr_eq(owner, peer)) {
+            bump(&self.counters.source_rejected);
+            return;
+        }
+        if let Err(e) = (&self.tun).write(packet) {
+            tracing::debug!(ifname = %self.name, error = %e, "TUN write failed");
+        }
+    }
+
+    fn timer_loop(&self) {
+        let mut out = vec![0u8; BUFFER_LEN];
+        loop {
+            {
+                let mut guard = self.timer_lock.lock();
+                if self.is_stopping() {
+                    return;
+                }
+                self.timer_wake.wait_for(&mut guard, TIMER_TICK);
+            }
+            if self.is_stopping() {
+                return;
+            }
+            let routing = self.routing.load();
+            if let Some(identity) = &routing.identity {
+                identity.rate_limiter.reset_count();
+            }
+            let now = Instant::now();
+            for peer in routing.by_key.values() {
+                let mut session = peer.session.lock();
+                let result = session.tunn.update_timers(&mut out);
+                if let TunnResult::WriteToNetwork(datagram) = result {
+                    self.send_to_peer(peer, datagram);
+                }
+                if keepalive_due(session.last_keepalive, peer.persistent_keepalive(), now) {
+                    session.last_keepalive = Some(now);
+                    let result = session.tunn.encapsulate(&[], &mut out);
+                    self.send_result(peer, result);
+                }
+            }
+        }
+    }
+}
+
+/// The next peer index not in use; indices are 24 bits.
+fn next_free_index(next: &mut u32, peers: &HashMap<Key, Arc<Peer>>) -> u32 {
+    loop {
+        let index = *next & 0x00ff_ffff;
+        *next = next.wrapping_add(1);
+        if !peers.values().any(|p| p.index == index) {
+            return index;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names() {
+        assert!(validate_name("wg0").is_ok());
+        assert!(validate_name("strait-gw-abcde").is_ok());
+        for bad in ["", "a-name-that-is-too-long", "../x", "a b", "wg%d", ".."] {
+            assert!(
+                matches!(validate_name(bad), Err(DeviceError::InvalidName { .. })),
+                "{bad}"
+            );
+        }
+    }
+}
