@@ -1,6 +1,7 @@
 //! `strait tunnel IFNAME [--foreground]`: the engine as a standalone
 //! device, like wireguard-go.
 
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -58,17 +59,31 @@ fn run_foreground(args: &TunnelArgs) -> anyhow::Result<()> {
             _ = stopped.wait_for(|stopped| *stopped) => Ok(()),
         }
     });
-    tracing::info!(ifname = %args.ifname, "shutting down");
     device.stop();
+    let dropped = device.counters();
+    tracing::info!(
+        ifname = %args.ifname,
+        invalid_datagrams = dropped.invalid_datagrams,
+        rejected_datagrams = dropped.rejected_datagrams,
+        unknown_peer = dropped.unknown_peer,
+        source_rejected = dropped.source_rejected,
+        no_route = dropped.no_route,
+        no_endpoint = dropped.no_endpoint,
+        cookies_sent = dropped.cookies_sent,
+        "device stopped"
+    );
     drop(socket);
     drop(device);
     outcome
 }
 
-/// Starts a foreground copy of this command in its own session and
+/// Starts a foreground copy of this command in its own process group and
 /// returns once its UAPI socket answers, or fails as the child failed.
+/// Like wireguard-go, the detached device logs nowhere unless RUST_LOG is
+/// set; until it is up, its errors come back through a pipe.
 fn detach(args: &TunnelArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("finding the strait executable")?;
+    let keep_logs = std::env::var_os("RUST_LOG").is_some();
     let mut child = Command::new(exe)
         .arg("tunnel")
         .arg(&args.ifname)
@@ -76,9 +91,26 @@ fn detach(args: &TunnelArgs) -> anyhow::Result<()> {
         .arg("--uapi-dir")
         .arg(&args.uapi_dir)
         .stdin(Stdio::null())
+        .stdout(if keep_logs {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stderr(if keep_logs {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        })
         .process_group(0)
         .spawn()
         .context("starting the detached device")?;
+    let startup_errors = child.stderr.take().map(|mut stderr| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        })
+    });
     let socket = uapi_socket::socket_path(&args.uapi_dir, &args.ifname);
     let deadline = Instant::now() + DETACH_TIMEOUT;
     loop {
@@ -86,7 +118,9 @@ fn detach(args: &TunnelArgs) -> anyhow::Result<()> {
             .try_wait()
             .context("waiting for the detached device")?
         {
-            // The child has printed why.
+            if let Some(errors) = startup_errors {
+                eprint!("{}", errors.join().unwrap_or_default());
+            }
             std::process::exit(status.code().unwrap_or(1));
         }
         if UnixStream::connect(&socket).is_ok() {

@@ -133,16 +133,7 @@ mod tests {
     }
 
     fn change(k: u8) -> PeerChange {
-        PeerChange {
-            public_key: key(k),
-            remove: false,
-            update_only: false,
-            preshared_key: None,
-            endpoint: None,
-            persistent_keepalive: None,
-            replace_allowed_ips: false,
-            allowed_ips: Vec::new(),
-        }
+        PeerChange::new(key(k))
     }
 
     fn net(s: &str) -> IpNet {

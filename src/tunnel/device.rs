@@ -223,9 +223,9 @@ impl Device {
             let handle = std::thread::Builder::new()
                 .name(format!("{}-{role}", device.shared.name))
                 .spawn(move || {
+                    // Whichever loop ends first, even by a panic, ends the device.
+                    let _stop = StopOnExit(&shared);
                     run(&shared);
-                    // Whichever loop ends first ends the device.
-                    shared.stop();
                 })
                 .map_err(start("packet threads"))?;
             device.threads.lock().push(handle);
@@ -285,6 +285,14 @@ impl Device {
 impl Drop for Device {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+struct StopOnExit<'a>(&'a Shared);
+
+impl Drop for StopOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 
