@@ -37,7 +37,7 @@ cargo test --workspace --exclude strait-netns-tests
 
 step "release build"
 cargo build --release --bin strait
-export STRAIT_BIN="$PWD/target/release/strait"
+export STRAIT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/strait"
 
 step "network-namespace tests (real wireguard-go, wg, ip, nft)"
 cargo test -p strait-netns-tests -- --test-threads=2
