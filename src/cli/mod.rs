@@ -2,6 +2,8 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+pub mod agent;
+pub mod show;
 pub mod tunnel;
 
 #[derive(Debug, Parser)]
@@ -26,6 +28,10 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the node agent: connects this cluster's gateway to the others.
+    Agent(agent::AgentArgs),
+    /// Show the cluster set as the broker sees it.
+    Show(show::ShowArgs),
     /// Run a userspace WireGuard interface that wg(8) configures.
     Tunnel(tunnel::TunnelArgs),
 }
@@ -60,6 +66,8 @@ impl std::io::Write for LossyStderr {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Agent(args) => agent::run(args),
+        Command::Show(args) => show::run(args),
         Command::Tunnel(args) => tunnel::run(args),
     }
 }

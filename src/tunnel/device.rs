@@ -248,6 +248,11 @@ impl Device {
         self.shared.set(req)
     }
 
+    /// The configuration as last set.
+    pub fn config(&self) -> DeviceConfig {
+        self.shared.control.lock().config.clone()
+    }
+
     /// What a UAPI `get` answers.
     pub fn report(&self) -> DeviceReport {
         self.shared.report(SystemTime::now())
