@@ -13,7 +13,7 @@ fi
 step() { printf '\n== %s\n' "$*"; }
 
 step "installing test dependencies (Debian packages)"
-packages=(iproute2 nftables wireguard-tools wireguard-go iperf3 iputils-ping tcpdump util-linux procps)
+packages=(iproute2 nftables wireguard-tools wireguard-go iperf3 iputils-ping tcpdump util-linux procps curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -40,7 +40,7 @@ cargo build --release --bin strait
 export STRAIT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/strait"
 
 step "network-namespace tests (real wireguard-go, wg, ip, nft)"
-cargo test -p strait-netns-tests -- --test-threads=2
+cargo test --no-fail-fast -p strait-netns-tests -- --test-threads=2
 
 leftover=$(ip netns list | awk '{print $1}' | grep '^strait-' || true)
 if [ -n "$leftover" ]; then

@@ -8,7 +8,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod wg;
+
+pub use cluster::{
+    Broker, Cluster, ClusterSet, ClusterSpec, Node, NodeSpec, Options, PingRun, Pod,
+};
 
 /// A short id unique to this run and call: names of namespaces,
 /// interfaces (15 bytes at most) and files are built from it.

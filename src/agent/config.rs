@@ -27,7 +27,8 @@ pub struct AgentConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: SocketAddr,
-    /// Runtime files of this agent (the tunnel's UAPI socket).
+    /// Runtime files of this agent: the tunnel's UAPI socket. The default
+    /// is where wg(8) looks, so `wg show strait-wg` works on the node.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
 }
@@ -90,7 +91,7 @@ fn default_metrics_address() -> SocketAddr {
 }
 
 fn default_state_dir() -> PathBuf {
-    PathBuf::from("/var/run/strait")
+    PathBuf::from(crate::tunnel::uapi_socket::DEFAULT_DIR)
 }
 
 fn default_udp_port() -> u16 {

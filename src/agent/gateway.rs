@@ -15,11 +15,11 @@ use crate::broker::types::{
     Cluster, ClusterSpec, Connection, Endpoint, EndpointSpec, Gateway, GatewayStatus, Spec,
     Status as StatusBody, PUBLIC_KEY, UDP_PORT, WIREGUARD_BACKEND,
 };
-use crate::broker::{Broker, Skipped};
+use crate::broker::{Broker, Skipped, Snapshot};
 use crate::metrics::Metrics;
 use crate::net::Netlink;
-use crate::plan::gateway::{peer_changes, plan, GatewayPlan, LocalFacts, RemotePeer};
-use crate::plan::routes::{gateway_routes, route_changes};
+use crate::plan::gateway::{peer_changes, GatewayPlan, RemotePeer};
+use crate::plan::routes::{gateway_routes, Route};
 use crate::tunnel::uapi::{PeerReport, SetRequest};
 use crate::tunnel::uapi_socket::UapiSocket;
 use crate::tunnel::{Device, Key};
@@ -35,7 +35,6 @@ const HANDSHAKE_FRESHNESS: Duration = Duration::from_secs(180);
 pub struct GatewayRole<B: Broker> {
     config: AgentConfig,
     broker: Arc<B>,
-    netlink: Netlink,
     device: Arc<Device>,
     _uapi: Arc<UapiSocket>,
     pinger: Arc<Pinger>,
@@ -117,7 +116,6 @@ impl<B: Broker> GatewayRole<B> {
         let index = netlink.ensure_link_up(TUNNEL_IF, TUNNEL_MTU).await?;
         let health_ip = config.health_check_ip();
         netlink.ensure_host_address(index, health_ip).await?;
-        netlink.ensure_rules().await?;
         let IpAddr::V4(health_v4) = health_ip else {
             return Err(AgentError::Unsupported(
                 "an IPv6 health-check address".into(),
@@ -157,7 +155,6 @@ impl<B: Broker> GatewayRole<B> {
         let role = GatewayRole {
             config,
             broker,
-            netlink,
             device,
             _uapi: uapi,
             pinger,
@@ -215,16 +212,13 @@ impl<B: Broker> GatewayRole<B> {
         Ok(())
     }
 
-    /// One pass: broker → plan → peers, routes, health targets → status.
-    pub async fn reconcile(&mut self) -> Result<(), AgentError> {
-        let snapshot = self.broker.snapshot().await?;
+    /// One pass over the gateway's part: peers, health targets, status.
+    pub async fn reconcile(
+        &mut self,
+        snapshot: &Snapshot,
+        plan: &GatewayPlan,
+    ) -> Result<(), AgentError> {
         self.report_skips(&snapshot.skipped);
-
-        let local = LocalFacts {
-            cluster_id: self.config.cluster_id.clone(),
-            subnets: self.config.subnets(),
-        };
-        let plan = plan(&local, &snapshot.endpoints);
         for refused in &plan.refused {
             let key = (refused.endpoint.object_name(), refused.reason.clone());
             if self.reported_refusals.insert(key) {
@@ -233,33 +227,9 @@ impl<B: Broker> GatewayRole<B> {
         }
 
         let current = self.device.config();
-        if let Some(changes) = peer_changes(&current, &plan, self.psk) {
+        if let Some(changes) = peer_changes(&current, plan, self.psk) {
             tracing::info!(peers = changes.peers.len(), "updating tunnel peers");
             self.device.set(&changes)?;
-        }
-
-        let health_ip = self.config.health_check_ip();
-        let desired = gateway_routes(&plan, TUNNEL_IF, health_ip);
-        let index = self
-            .netlink
-            .link(TUNNEL_IF)
-            .await?
-            .ok_or_else(|| crate::net::NetError::NoSuchLink(TUNNEL_IF.into()))?
-            .index;
-        let observed = self
-            .netlink
-            .strait_routes(&BTreeMap::from([(index, TUNNEL_IF.to_string())]))
-            .await?;
-        let changes = route_changes(&observed, &desired);
-        if !changes.is_empty() {
-            tracing::info!(
-                add = changes.add.len(),
-                remove = changes.remove.len(),
-                "updating routes"
-            );
-            self.netlink
-                .apply_routes(&changes, &BTreeMap::from([(TUNNEL_IF.to_string(), index)]))
-                .await?;
         }
 
         let targets: Vec<_> = plan
@@ -272,9 +242,14 @@ impl<B: Broker> GatewayRole<B> {
             .collect();
         self.pinger.set_targets(&targets);
 
-        self.publish_status(&plan).await?;
+        self.publish_status(plan).await?;
         self.metrics.sync_iterations.inc();
         Ok(())
+    }
+
+    /// The routes into the tunnel for every connected remote subnet.
+    pub fn routes(&self, plan: &GatewayPlan) -> BTreeSet<Route> {
+        gateway_routes(plan, TUNNEL_IF, self.config.health_check_ip())
     }
 
     /// Stops the health checker's thread; the device goes when dropped.

@@ -1,6 +1,7 @@
 //! The node agent: roles (the gateway here; the route agent and globalnet
 //! to come), the reconcile loop and health checks.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -11,16 +12,21 @@ use crate::admin::{self, AdminState};
 use crate::broker::dir::DirBroker;
 use crate::broker::{Broker, BrokerError, BrokerLocation};
 use crate::metrics::Metrics;
+use crate::net::vxlan::VXLAN_IF;
 use crate::net::{NetError, Netlink};
+use crate::plan::gateway::{plan, LocalFacts};
+use crate::plan::routes::route_changes;
 use crate::tunnel::uapi_socket::SocketError;
 use crate::tunnel::DeviceError;
 
 pub mod config;
 pub mod gateway;
 pub mod health;
+pub mod node;
 
 use config::AgentConfig;
-use gateway::GatewayRole;
+use gateway::{GatewayRole, TUNNEL_IF};
+use node::RouteAgent;
 
 /// Reconcile at least this often, even when nothing announced a change.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(1);
@@ -75,15 +81,18 @@ pub async fn run(
     let broker = DirBroker::open(path, &config.cluster_id)?;
     let netlink = Netlink::connect()?;
 
-    if !config.node.gateway {
-        tracing::info!(node = %config.node.name, "not a gateway candidate: nothing to do on this node yet");
-        admin_state.ready.store(true, Ordering::Relaxed);
-        shutdown.await;
-        return Ok(());
-    }
-
     let probe_interval = config.health_interval();
-    let mut role = GatewayRole::start(config, broker.clone(), netlink, metrics).await?;
+    let local = LocalFacts {
+        cluster_id: config.cluster_id.clone(),
+        subnets: config.subnets(),
+    };
+    let mut gateway = match config.node.gateway {
+        true => Some(
+            GatewayRole::start(config.clone(), broker.clone(), netlink.clone(), metrics).await?,
+        ),
+        false => None,
+    };
+    let route_agent = RouteAgent::start(&config, netlink.clone()).await?;
     let mut changes = broker.changes();
     let mut reconcile_timer = tokio::time::interval(RECONCILE_PERIOD);
     let mut probe_timer = tokio::time::interval(probe_interval);
@@ -92,19 +101,64 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = probe_timer.tick() => {
-                role.probe();
+                if let Some(gateway) = &gateway {
+                    gateway.probe();
+                }
                 continue;
             }
             _ = changes.changed() => {}
             _ = reconcile_timer.tick() => {}
         }
-        match role.reconcile().await {
+        match reconcile(&*broker, &local, gateway.as_mut(), &route_agent, &netlink).await {
             Ok(()) => admin_state.ready.store(true, Ordering::Relaxed),
             // A failed pass leaves what works in place; the next one retries.
             Err(e) => tracing::error!(error = %e, "reconcile failed"),
         }
     }
     tracing::info!("agent stopping");
-    role.stop();
+    if let Some(gateway) = &gateway {
+        gateway.stop();
+    }
+    Ok(())
+}
+
+/// One pass: broker → plan → each role → the node's routes.
+async fn reconcile<B: Broker>(
+    broker: &B,
+    local: &LocalFacts,
+    gateway: Option<&mut GatewayRole<B>>,
+    route_agent: &RouteAgent,
+    netlink: &Netlink,
+) -> Result<(), AgentError> {
+    let snapshot = broker.snapshot().await?;
+    let plan = plan(local, &snapshot.endpoints);
+    let mut desired = BTreeSet::new();
+    if let Some(gateway) = gateway {
+        gateway.reconcile(&snapshot, &plan).await?;
+        desired.extend(gateway.routes(&plan));
+    }
+    desired.extend(route_agent.reconcile(&snapshot, &plan).await?);
+
+    let mut devices = BTreeMap::new();
+    for name in [TUNNEL_IF, VXLAN_IF] {
+        if let Some(link) = netlink.link(name).await? {
+            devices.insert(name.to_string(), link.index);
+        }
+    }
+    netlink.ensure_rules().await?;
+    let by_index = devices
+        .iter()
+        .map(|(name, index)| (*index, name.clone()))
+        .collect();
+    let observed = netlink.strait_routes(&by_index).await?;
+    let changes = route_changes(&observed, &desired);
+    if !changes.is_empty() {
+        tracing::info!(
+            add = changes.add.len(),
+            remove = changes.remove.len(),
+            "updating routes"
+        );
+        netlink.apply_routes(&changes, &devices).await?;
+    }
     Ok(())
 }

@@ -40,6 +40,15 @@ impl Netlink {
         }
     }
 
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkState>, NetError> {
+        let mut links = self.handle().link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(found) => Ok(found.as_ref().map(state_of)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(netlink_error("looking up link", index)(e)),
+        }
+    }
+
     /// Brings `name` up with `mtu`; writes nothing when it already is.
     pub async fn ensure_link_up(&self, name: &str, mtu: u32) -> Result<u32, NetError> {
         let state = self

@@ -3,9 +3,11 @@
 
 pub mod addr;
 pub mod link;
+pub mod nft;
 pub mod route;
 pub mod rule;
 pub mod sysctl;
+pub mod vxlan;
 
 /// Strait's routing table, rule priority and route protocol: fixed so
 /// that a restart adopts them and `strait uninstall` finds them.

@@ -41,7 +41,17 @@ pub fn route_message(route: &Route, device_index: u32) -> RouteMessage {
         .output_interface(device_index)
         .table_id(ROUTE_TABLE)
         .protocol(RouteProtocol::Other(ROUTE_PROTOCOL))
-        .scope(RouteScope::Link);
+        .scope(if route.via.is_some() {
+            RouteScope::Universe
+        } else {
+            RouteScope::Link
+        });
+    if let Some(via) = route.via {
+        builder = builder
+            .gateway(via)
+            .expect("the next hop's family was matched to the destination's")
+            .onlink();
+    }
     if let Some(source) = route.source {
         builder = builder
             .pref_source(source)
@@ -76,11 +86,13 @@ impl Netlink {
                 }
                 let mut destination = None;
                 let mut source = None;
+                let mut via = None;
                 let mut device = None;
                 for attribute in &message.attributes {
                     match attribute {
                         RouteAttribute::Destination(a) => destination = address(a),
                         RouteAttribute::PrefSource(a) => source = address(a),
+                        RouteAttribute::Gateway(a) => via = address(a),
                         RouteAttribute::Oif(index) => device = devices.get(index).cloned(),
                         _ => {}
                     }
@@ -94,6 +106,7 @@ impl Netlink {
                         )
                         .unwrap_or_default(),
                         device: String::new(),
+                        via,
                         source,
                     });
                     continue;
@@ -104,6 +117,7 @@ impl Netlink {
                     found.insert(Route {
                         destination,
                         device,
+                        via,
                         source,
                     });
                 }

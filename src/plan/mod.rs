@@ -2,4 +2,5 @@
 //! configuration), and the differences against what is there. No I/O.
 
 pub mod gateway;
+pub mod node;
 pub mod routes;

@@ -13,7 +13,10 @@ use super::gateway::GatewayPlan;
 pub struct Route {
     pub destination: IpNet,
     pub device: String,
-    /// Source for traffic the node itself starts (the health-check IP).
+    /// Next hop on the device (set on-link), if not directly reachable.
+    pub via: Option<IpAddr>,
+    /// Source for traffic the node itself starts: an address inside this
+    /// cluster's subnets, which the remote gateway accepts.
     pub source: Option<IpAddr>,
 }
 
@@ -25,6 +28,7 @@ pub fn gateway_routes(plan: &GatewayPlan, tunnel: &str, source: IpAddr) -> BTree
         .map(|destination| Route {
             destination,
             device: tunnel.to_string(),
+            via: None,
             source: (destination.addr().is_ipv4() == source.is_ipv4()).then_some(source),
         })
         .collect()
@@ -57,6 +61,7 @@ mod tests {
         Route {
             destination: dst.parse().unwrap(),
             device: "strait-wg".into(),
+            via: None,
             source: Some("10.1.0.1".parse().unwrap()),
         }
     }

@@ -1,0 +1,685 @@
+//! Strait's one nftables table, `inet strait`: rendered whole from an
+//! [`NftPlan`] by a pure function and applied in one transaction through
+//! the `nft` command line (Debian's nftables package).
+//!
+//! What the table does, for this cluster's subnets (`local4`/`local6`) and
+//! the connected remote clusters' subnets (`remote4`/`remote6`):
+//!
+//! - chain `postrouting` (nat, `srcnat - 10`): cross-cluster packets (local
+//!   to remote and remote to local) get an *identity* SNAT, `snat ip to ip
+//!   saddr`. Netfilter runs NAT rules only until a chain sets up the NAT
+//!   binding of a connection; later srcnat chains (the CNI's `masquerade`)
+//!   are skipped for it. A plain `accept` would not do that: every base
+//!   chain of the hook still runs.
+//! - chain `forward` (filter, `filter - 10`): TCP MSS clamped on SYN and
+//!   SYN-ACK packets to and from remote clusters (to the route's MTU, or to
+//!   a fixed MSS; the kernel only ever lowers an MSS), then cross-cluster
+//!   packets are accepted.
+//! - chain `output` (filter, `filter - 10`): the same MSS clamp for
+//!   host-network connections to remote clusters.
+//!
+//! Every rule has a counter and a unique comment ([`counters`] reads them
+//! back by comment). The table carries a comment holding a hash of its
+//! rendering, so `nft list ruleset` shows which plan is in force.
+//!
+//! The calls here block (they run `nft`): call them from a blocking thread.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use sha2::{Digest, Sha256};
+
+/// The table's name; its family is `inet`.
+pub const TABLE: &str = "strait";
+/// The program run for every transaction and listing.
+const NFT: &str = "nft";
+/// How the table's comment starts; the rest is the hash of the rendering.
+const COMMENT_PREFIX: &str = "strait plan sha256:";
+
+/// Comments of the rules, which [`counters`] returns counts by.
+pub mod rule {
+    pub const NO_MASQUERADE_LOCAL_TO_REMOTE_4: &str = "no-masquerade local-to-remote ipv4";
+    pub const NO_MASQUERADE_REMOTE_TO_LOCAL_4: &str = "no-masquerade remote-to-local ipv4";
+    pub const NO_MASQUERADE_LOCAL_TO_REMOTE_6: &str = "no-masquerade local-to-remote ipv6";
+    pub const NO_MASQUERADE_REMOTE_TO_LOCAL_6: &str = "no-masquerade remote-to-local ipv6";
+    pub const MSS_FORWARD_TO_REMOTE_4: &str = "mss-clamp forward to-remote ipv4";
+    pub const MSS_FORWARD_FROM_REMOTE_4: &str = "mss-clamp forward from-remote ipv4";
+    pub const MSS_FORWARD_TO_REMOTE_6: &str = "mss-clamp forward to-remote ipv6";
+    pub const MSS_FORWARD_FROM_REMOTE_6: &str = "mss-clamp forward from-remote ipv6";
+    pub const ACCEPT_TO_REMOTE_4: &str = "accept forward to-remote ipv4";
+    pub const ACCEPT_FROM_REMOTE_4: &str = "accept forward from-remote ipv4";
+    pub const ACCEPT_TO_REMOTE_6: &str = "accept forward to-remote ipv6";
+    pub const ACCEPT_FROM_REMOTE_6: &str = "accept forward from-remote ipv6";
+    pub const MSS_OUTPUT_TO_REMOTE_4: &str = "mss-clamp output to-remote ipv4";
+    pub const MSS_OUTPUT_TO_REMOTE_6: &str = "mss-clamp output to-remote ipv6";
+}
+
+/// What the table must do.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NftPlan {
+    /// This cluster's pod and service CIDRs.
+    pub local_subnets: Vec<IpNet>,
+    /// The connected remote clusters' subnets.
+    pub remote_subnets: Vec<IpNet>,
+    /// A fixed TCP MSS; `None` clamps to the route's MTU
+    /// (`tcp option maxseg size set rt mtu`).
+    pub mss: Option<u16>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("{op}: the `nft` command was not found; install the nftables package")]
+    NotInstalled { op: &'static str },
+    #[error("{op}: running nft: {source}")]
+    Io {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{op}: nft failed ({status}): {stderr}")]
+    Failed {
+        op: &'static str,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("{op}: unexpected output from nft: {detail}")]
+    Output { op: &'static str, detail: String },
+}
+
+/// The whole nft script for the plan: creates the table if it is missing
+/// (so that deleting never fails), deletes it and defines it anew, which
+/// `nft -f` applies as one transaction.
+pub fn render(plan: &NftPlan) -> String {
+    format!(
+        "add table inet {TABLE}\ndelete table inet {TABLE}\n{}",
+        render_table(plan)
+    )
+}
+
+/// The table block alone, in the form `nft -s list table inet strait`
+/// prints it, comment included.
+fn render_table(plan: &NftPlan) -> String {
+    let body = render_body(plan);
+    let hash = hex::encode(Sha256::digest(body.as_bytes()));
+    format!("table inet {TABLE} {{\n\tcomment \"{COMMENT_PREFIX}{hash}\"\n{body}}}\n")
+}
+
+/// Everything inside the table block but its comment.
+fn render_body(plan: &NftPlan) -> String {
+    let (local4, local6) = normalize_subnets(&plan.local_subnets);
+    let (remote4, remote6) = normalize_subnets(&plan.remote_subnets);
+    let clamp = match plan.mss {
+        Some(mss) => format!("tcp option maxseg size set {mss}"),
+        None => "tcp option maxseg size set rt mtu".to_owned(),
+    };
+    let syn = "tcp flags syn / syn,rst";
+    let mut out = String::new();
+    set(&mut out, "local4", "ipv4_addr", &local4);
+    set(&mut out, "local6", "ipv6_addr", &local6);
+    set(&mut out, "remote4", "ipv4_addr", &remote4);
+    set(&mut out, "remote6", "ipv6_addr", &remote6);
+
+    use rule::*;
+    chain(
+        &mut out,
+        "postrouting",
+        "type nat hook postrouting priority srcnat - 10; policy accept;",
+        &[
+            (
+                "ip saddr @local4 ip daddr @remote4 counter snat ip to ip saddr".into(),
+                NO_MASQUERADE_LOCAL_TO_REMOTE_4,
+            ),
+            (
+                "ip saddr @remote4 ip daddr @local4 counter snat ip to ip saddr".into(),
+                NO_MASQUERADE_REMOTE_TO_LOCAL_4,
+            ),
+            (
+                "ip6 saddr @local6 ip6 daddr @remote6 counter snat ip6 to ip6 saddr".into(),
+                NO_MASQUERADE_LOCAL_TO_REMOTE_6,
+            ),
+            (
+                "ip6 saddr @remote6 ip6 daddr @local6 counter snat ip6 to ip6 saddr".into(),
+                NO_MASQUERADE_REMOTE_TO_LOCAL_6,
+            ),
+        ],
+    );
+    out.push('\n');
+    chain(
+        &mut out,
+        "forward",
+        "type filter hook forward priority filter - 10; policy accept;",
+        &[
+            (
+                format!("ip daddr @remote4 {syn} counter {clamp}"),
+                MSS_FORWARD_TO_REMOTE_4,
+            ),
+            (
+                format!("ip saddr @remote4 {syn} counter {clamp}"),
+                MSS_FORWARD_FROM_REMOTE_4,
+            ),
+            (
+                format!("ip6 daddr @remote6 {syn} counter {clamp}"),
+                MSS_FORWARD_TO_REMOTE_6,
+            ),
+            (
+                format!("ip6 saddr @remote6 {syn} counter {clamp}"),
+                MSS_FORWARD_FROM_REMOTE_6,
+            ),
+            (
+                "ip daddr @remote4 counter accept".into(),
+                ACCEPT_TO_REMOTE_4,
+            ),
+            (
+                "ip saddr @remote4 counter accept".into(),
+                ACCEPT_FROM_REMOTE_4,
+            ),
+            (
+                "ip6 daddr @remote6 counter accept".into(),
+                ACCEPT_TO_REMOTE_6,
+            ),
+            (
+                "ip6 saddr @remote6 counter accept".into(),
+                ACCEPT_FROM_REMOTE_6,
+            ),
+        ],
+    );
+    out.push('\n');
+    chain(
+        &mut out,
+        "output",
+        "type filter hook output priority filter - 10; policy accept;",
+        &[
+            (
+                format!("ip daddr @remote4 {syn} counter {clamp}"),
+                MSS_OUTPUT_TO_REMOTE_4,
+            ),
+            (
+                format!("ip6 daddr @remote6 {syn} counter {clamp}"),
+                MSS_OUTPUT_TO_REMOTE_6,
+            ),
+        ],
+    );
+    out
+}
+
+/// Splits subnets by family, clears host bits and merges overlapping and
+/// adjacent ones (an interval set refuses overlapping elements), sorted.
+fn normalize_subnets(subnets: &[IpNet]) -> (Vec<Ipv4Net>, Vec<Ipv6Net>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for net in subnets {
+        match net.trunc() {
+            IpNet::V4(n) => v4.push(n),
+            IpNet::V6(n) => v6.push(n),
+        }
+    }
+    (Ipv4Net::aggregate(&v4), Ipv6Net::aggregate(&v6))
+}
+
+/// An interval set; nft prints a one-address prefix as the address alone.
+fn set<N: std::fmt::Display + Copy>(out: &mut String, name: &str, ty: &str, elements: &[N])
+where
+    IpNet: From<N>,
+{
+    out.push_str(&format!(
+        "\tset {name} {{\n\t\ttype {ty}\n\t\tflags interval\n"
+    ));
+    if !elements.is_empty() {
+        let elements: Vec<String> = elements
+            .iter()
+            .map(|&n| {
+                let net = IpNet::from(n);
+                if net.prefix_len() == net.max_prefix_len() {
+                    net.addr().to_string()
+                } else {
+                    net.to_string()
+                }
+            })
+            .collect();
+        out.push_str(&format!("\t\telements = {{ {} }}\n", elements.join(", ")));
+    }
+    out.push_str("\t}\n\n");
+}
+
+fn chain(out: &mut String, name: &str, hook: &str, rules: &[(String, &str)]) {
+    out.push_str(&format!("\tchain {name} {{\n\t\t{hook}\n"));
+    for (rule, comment) in rules {
+        out.push_str(&format!("\t\t{rule} comment \"{comment}\"\n"));
+    }
+    out.push_str("\t}\n");
+}
+
+/// A listing reduced to what identifies it: whitespace-separated tokens
+/// (nft wraps long element lists), counter values dropped.
+fn normalize_listing(text: &str) -> String {
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    let mut out: Vec<&str> = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        out.push(tokens[i]);
+        if tokens[i] == "counter"
+            && tokens.get(i + 1) == Some(&"packets")
+            && tokens.get(i + 3) == Some(&"bytes")
+        {
+            i += 5;
+        } else {
+            i += 1;
+        }
+    }
+    out.join(" ")
+}
+
+/// Applies the plan unless the kernel already holds what it renders.
+///
+/// It remembers the listing seen right after its last apply: a listing
+/// that differs from it (someone flushed or changed the table) or a
+/// changed plan leads to a new transaction. A fresh `NftTable` (after a
+/// restart) adopts a table whose listing is exactly the rendering of the
+/// plan, hash comment included, without writing.
+#[derive(Debug, Default)]
+pub struct NftTable {
+    applied: Option<Applied>,
+}
+
+#[derive(Debug)]
+struct Applied {
+    /// The normalized rendering of the plan applied.
+    rendered: String,
+    /// The normalized listing seen right after applying it.
+    listing: String,
+}
+
+impl NftTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Observes the table and applies `plan` in one transaction if the
+    /// table is absent, was changed since the last apply, or the plan
+    /// changed. Returns whether it wrote.
+    pub fn ensure(&mut self, plan: &NftPlan) -> Result<bool, NftError> {
+        let script = render(plan);
+        let rendered = normalize_listing(&render_table(plan));
+        if let Some(listing) = list_table("listing the strait table")? {
+            let listing = normalize_listing(&listing);
+            let unchanged = listing == rendered
+                || self
+                    .applied
+                    .as_ref()
+                    .is_some_and(|a| a.rendered == rendered && a.listing == listing);
+            if unchanged {
+                self.applied = Some(Applied { rendered, listing });
+                return Ok(false);
+            }
+        }
+        // Forget the old state first: if applying fails, the next call
+        // must not mistake what is there for what was applied.
+        self.applied = None;
+        run_script("applying the strait table", &script)?;
+        let listing =
+            list_table("listing the strait table after applying it")?.ok_or(NftError::Output {
+                op: "listing the strait table after applying it",
+                detail: "the table is missing right after it was applied".into(),
+            })?;
+        self.applied = Some(Applied {
+            rendered,
+            listing: normalize_listing(&listing),
+        });
+        Ok(true)
+    }
+
+    /// Deletes the table if it is there; returns whether it was.
+    pub fn remove() -> Result<bool, NftError> {
+        if list_table("listing the strait table")?.is_none() {
+            return Ok(false);
+        }
+        run_script(
+            "deleting the strait table",
+            &format!("add table inet {TABLE}\ndelete table inet {TABLE}\n"),
+        )?;
+        Ok(true)
+    }
+}
+
+/// The packet counts of the table's rules, by rule comment; empty when the
+/// table does not exist.
+pub fn counters() -> Result<BTreeMap<String, u64>, NftError> {
+    const OP: &str = "reading the strait table's counters";
+    let out = nft(OP, &["-j", "list", "table", "inet", TABLE], None)?;
+    match out {
+        None => Ok(BTreeMap::new()),
+        Some(json) => parse_counters(&json).map_err(|detail| NftError::Output { op: OP, detail }),
+    }
+}
+
+/// Packet counts by rule comment from `nft -j list table` output.
+fn parse_counters(json: &str) -> Result<BTreeMap<String, u64>, String> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let objects = value
+        .get("nftables")
+        .and_then(|v| v.as_array())
+        .ok_or("no \"nftables\" array")?;
+    let mut counts = BTreeMap::new();
+    for object in objects {
+        let Some(rule) = object.get("rule") else {
+            continue;
+        };
+        let Some(comment) = rule.get("comment").and_then(|c| c.as_str()) else {
+            continue;
+        };
+        let packets = rule
+            .get("expr")
+            .and_then(|e| e.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("counter")?.get("packets")?.as_u64())
+            .sum();
+        counts.insert(comment.to_owned(), packets);
+    }
+    Ok(counts)
+}
+
+/// `nft -s list table inet strait`; `None` when the table does not exist.
+fn list_table(op: &'static str) -> Result<Option<String>, NftError> {
+    nft(op, &["-s", "list", "table", "inet", TABLE], None)
+}
+
+/// Runs `script` with `nft -f -`: one transaction.
+fn run_script(op: &'static str, script: &str) -> Result<(), NftError> {
+    match nft(op, &["-f", "-"], Some(script))? {
+        Some(_) => Ok(()),
+        None => Err(NftError::Output {
+            op,
+            detail: "nft reported a missing object".into(),
+        }),
+    }
+}
+
+/// Runs nft; `Ok(None)` when it failed because the object does not exist.
+fn nft(op: &'static str, args: &[&str], stdin: Option<&str>) -> Result<Option<String>, NftError> {
+    let spawn_error = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            NftError::NotInstalled { op }
+        } else {
+            NftError::Io { op, source }
+        }
+    };
+    let mut child = Command::new(NFT)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    if let Some(input) = stdin {
+        // nft reads its whole input before it writes anything, so this
+        // cannot dead-lock on a full pipe.
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(input.as_bytes())
+            .map_err(|source| NftError::Io { op, source })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| NftError::Io { op, source })?;
+    if out.status.success() {
+        return Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if stdin.is_none() && stderr.contains("No such file or directory") {
+        return Ok(None);
+    }
+    Err(NftError::Failed {
+        op,
+        status: out.status,
+        stderr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn lines(script: &str) -> Vec<&str> {
+        script.lines().map(str::trim).collect()
+    }
+
+    /// The `elements = ...` line of set `name`, if any.
+    fn elements<'a>(script: &'a str, name: &str) -> Option<&'a str> {
+        let start = script.find(&format!("set {name} {{"))?;
+        script[start..]
+            .lines()
+            .map(str::trim)
+            .take_while(|l| *l != "}")
+            .find(|l| l.starts_with("elements"))
+    }
+
+    #[test]
+    fn empty_plan_has_every_chain_and_empty_sets() {
+        let script = render(&NftPlan::default());
+        let l = lines(&script);
+        assert_eq!(
+            &l[..3],
+            &[
+                "add table inet strait",
+                "delete table inet strait",
+                "table inet strait {"
+            ]
+        );
+        assert!(
+            l[3].starts_with("comment \"strait plan sha256:"),
+            "{}",
+            l[3]
+        );
+        for name in ["local4", "local6", "remote4", "remote6"] {
+            assert!(script.contains(&format!("set {name} {{")), "{script}");
+            assert_eq!(elements(&script, name), None, "{script}");
+        }
+        assert!(l.contains(&"type nat hook postrouting priority srcnat - 10; policy accept;"));
+        assert!(l.contains(&"type filter hook forward priority filter - 10; policy accept;"));
+        assert!(l.contains(&"type filter hook output priority filter - 10; policy accept;"));
+        assert_eq!(l.last(), Some(&"}"));
+        assert!(!script.contains("elements"));
+    }
+
+    #[test]
+    fn ipv4_plan() {
+        let plan = NftPlan {
+            local_subnets: nets(&["10.42.0.0/16", "10.43.0.0/16"]),
+            remote_subnets: nets(&["198.51.100.0/24", "192.0.2.7/32"]),
+            mss: None,
+        };
+        let script = render(&plan);
+        assert_eq!(
+            elements(&script, "local4"),
+            Some("elements = { 10.42.0.0/15 }")
+        );
+        assert_eq!(
+            elements(&script, "remote4"),
+            Some("elements = { 192.0.2.7, 198.51.100.0/24 }")
+        );
+        assert_eq!(elements(&script, "local6"), None);
+        assert_eq!(elements(&script, "remote6"), None);
+        let l = lines(&script);
+        for rule in [
+            "ip saddr @local4 ip daddr @remote4 counter snat ip to ip saddr comment \"no-masquerade local-to-remote ipv4\"",
+            "ip saddr @remote4 ip daddr @local4 counter snat ip to ip saddr comment \"no-masquerade remote-to-local ipv4\"",
+            "ip daddr @remote4 tcp flags syn / syn,rst counter tcp option maxseg size set rt mtu comment \"mss-clamp forward to-remote ipv4\"",
+            "ip saddr @remote4 tcp flags syn / syn,rst counter tcp option maxseg size set rt mtu comment \"mss-clamp forward from-remote ipv4\"",
+            "ip daddr @remote4 counter accept comment \"accept forward to-remote ipv4\"",
+            "ip saddr @remote4 counter accept comment \"accept forward from-remote ipv4\"",
+            "ip daddr @remote4 tcp flags syn / syn,rst counter tcp option maxseg size set rt mtu comment \"mss-clamp output to-remote ipv4\"",
+        ] {
+            assert!(l.contains(&rule), "missing {rule} in\n{script}");
+        }
+    }
+
+    #[test]
+    fn dual_stack_plan() {
+        let plan = NftPlan {
+            local_subnets: nets(&["10.42.0.0/16", "2001:db8:42::/56"]),
+            remote_subnets: nets(&["2001:db8:99::1/128", "198.51.100.0/24", "2001:db8:100::/48"]),
+            mss: None,
+        };
+        let script = render(&plan);
+        assert_eq!(
+            elements(&script, "local4"),
+            Some("elements = { 10.42.0.0/16 }")
+        );
+        assert_eq!(
+            elements(&script, "local6"),
+            Some("elements = { 2001:db8:42::/56 }")
+        );
+        assert_eq!(
+            elements(&script, "remote4"),
+            Some("elements = { 198.51.100.0/24 }")
+        );
+        assert_eq!(
+            elements(&script, "remote6"),
+            Some("elements = { 2001:db8:99::1, 2001:db8:100::/48 }")
+        );
+        let l = lines(&script);
+        for rule in [
+            "ip6 saddr @local6 ip6 daddr @remote6 counter snat ip6 to ip6 saddr comment \"no-masquerade local-to-remote ipv6\"",
+            "ip6 saddr @remote6 ip6 daddr @local6 counter snat ip6 to ip6 saddr comment \"no-masquerade remote-to-local ipv6\"",
+            "ip6 daddr @remote6 tcp flags syn / syn,rst counter tcp option maxseg size set rt mtu comment \"mss-clamp forward to-remote ipv6\"",
+            "ip6 saddr @remote6 counter accept comment \"accept forward from-remote ipv6\"",
+            "ip6 daddr @remote6 tcp flags syn / syn,rst counter tcp option maxseg size set rt mtu comment \"mss-clamp output to-remote ipv6\"",
+        ] {
+            assert!(l.contains(&rule), "missing {rule} in\n{script}");
+        }
+    }
+
+    #[test]
+    fn fixed_mss() {
+        let plan = NftPlan {
+            remote_subnets: nets(&["198.51.100.0/24"]),
+            mss: Some(1360),
+            ..NftPlan::default()
+        };
+        let script = render(&plan);
+        assert!(!script.contains("rt mtu"), "{script}");
+        let clamps = script
+            .lines()
+            .filter(|l| l.contains("tcp option maxseg size set 1360"))
+            .count();
+        assert_eq!(clamps, 6, "{script}");
+    }
+
+    #[test]
+    fn render_is_deterministic_sorted_and_deduplicated() {
+        let a = NftPlan {
+            local_subnets: nets(&[
+                "10.1.0.0/16",
+                "10.0.0.0/16",
+                "10.1.0.0/16",
+                "2001:db8:2::/48",
+            ]),
+            remote_subnets: nets(&["198.51.100.0/25", "198.51.100.128/25", "198.51.100.9/32"]),
+            mss: None,
+        };
+        let b = NftPlan {
+            local_subnets: nets(&["2001:db8:2::/48", "10.0.0.0/16", "10.1.5.6/16"]),
+            remote_subnets: nets(&["198.51.100.128/25", "198.51.100.0/24"]),
+            mss: None,
+        };
+        assert_eq!(render(&a), render(&a));
+        assert_eq!(render(&a), render(&b));
+        let script = render(&a);
+        assert_eq!(
+            elements(&script, "local4"),
+            Some("elements = { 10.0.0.0/15 }")
+        );
+        assert_eq!(
+            elements(&script, "remote4"),
+            Some("elements = { 198.51.100.0/24 }")
+        );
+        let c = NftPlan {
+            local_subnets: nets(&["10.9.0.0/16", "10.0.0.0/16"]),
+            ..NftPlan::default()
+        };
+        assert_eq!(
+            elements(&render(&c), "local4"),
+            Some("elements = { 10.0.0.0/16, 10.9.0.0/16 }")
+        );
+    }
+
+    #[test]
+    fn hash_comment_follows_the_plan() {
+        let comment = |plan: &NftPlan| {
+            render(plan)
+                .lines()
+                .find(|l| l.contains("comment \"strait plan"))
+                .unwrap()
+                .to_owned()
+        };
+        let a = NftPlan::default();
+        let b = NftPlan {
+            mss: Some(1300),
+            ..NftPlan::default()
+        };
+        assert_eq!(comment(&a), comment(&a.clone()));
+        assert_ne!(comment(&a), comment(&b));
+        // sha256 in hex: 64 digits.
+        let hash = comment(&a)
+            .trim()
+            .trim_start_matches("comment \"strait plan sha256:")
+            .trim_end_matches('"')
+            .to_owned();
+        assert_eq!(hash.len(), 64);
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn normalized_listing_ignores_counters_and_wrapping() {
+        let listed = "table inet strait {\n\tset s {\n\t\telements = { 10.0.0.0/8,\n\t\t\t     192.0.2.0/24 }\n\t}\n\tchain c {\n\t\tip daddr @s counter packets 12 bytes 3400 accept comment \"x\"\n\t}\n}\n";
+        let rendered = "table inet strait {\n\tset s {\n\t\telements = { 10.0.0.0/8, 192.0.2.0/24 }\n\t}\n\n\tchain c {\n\t\tip daddr @s counter accept comment \"x\"\n\t}\n}\n";
+        assert_eq!(normalize_listing(listed), normalize_listing(rendered));
+        assert_ne!(
+            normalize_listing(rendered),
+            normalize_listing(&rendered.replace("counter ", ""))
+        );
+    }
+
+    #[test]
+    fn counters_by_comment() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "strait", "handle": 2}},
+            {"rule": {"family": "inet", "table": "strait", "chain": "postrouting", "handle": 8,
+              "comment": "no-masquerade local-to-remote ipv4",
+              "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": "@local4"}},
+                       {"counter": {"packets": 3, "bytes": 180}}, {"snat": {"family": "ip", "addr": {"payload": {"protocol": "ip", "field": "saddr"}}}}]}},
+            {"rule": {"family": "inet", "table": "strait", "chain": "forward", "handle": 9,
+              "comment": "accept forward to-remote ipv4",
+              "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]}},
+            {"rule": {"family": "inet", "table": "strait", "chain": "forward", "handle": 10,
+              "expr": [{"accept": null}]}}]}"#;
+        let counts = parse_counters(json).unwrap();
+        assert_eq!(counts.len(), 2);
+        assert_eq!(counts[rule::NO_MASQUERADE_LOCAL_TO_REMOTE_4], 3);
+        assert_eq!(counts[rule::ACCEPT_TO_REMOTE_4], 0);
+        assert!(parse_counters("{}").is_err());
+    }
+
+    #[test]
+    fn rule_comments_are_unique() {
+        let script = render(&NftPlan::default());
+        let comments: Vec<&str> = script
+            .lines()
+            .filter(|l| l.contains(" comment \""))
+            .map(|l| l.rsplit(" comment ").next().unwrap())
+            .collect();
+        let unique: std::collections::BTreeSet<_> = comments.iter().collect();
+        assert_eq!(comments.len(), 14);
+        assert_eq!(unique.len(), comments.len());
+    }
+}
