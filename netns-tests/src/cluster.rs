@@ -10,6 +10,9 @@
 //! - per pod a namespace with a veth `eth0` to its node (`pod<j>` there),
 //!   address `10.k.(i+1).(j+2)/32`, the default route via the node's
 //!   `10.k.(i+1).1` (the point-to-point layout of the CNI `ptp` plugin);
+//!   a node without pods holds `10.k.(i+1).1/32` on a dummy `cni0`, so
+//!   every node has an address in its pod subnet (the route agent's
+//!   source for host-network traffic to remote clusters);
 //! - "host-gw" routes between its nodes for each other's pod subnets, as a
 //!   CNI would program;
 //! - on every gateway-capable node a second link `wan0` to the WAN: a
@@ -403,6 +406,15 @@ impl ClusterSet {
                 let pod = self.make_pod(at, i, j);
                 self.clusters[at].nodes[i].pods.push(pod);
             }
+            if node_spec.pods == 0 {
+                // The node's own address in its pod subnet, as a CNI's
+                // bridge or host-side interface would hold it.
+                let node = &self.clusters[at].nodes[i];
+                let cni = format!("{}/32", node.pod_gateway);
+                node.ns.ok(&["ip", "link", "add", "cni0", "type", "dummy"]);
+                node.ns.ok(&["ip", "addr", "add", &cni, "dev", "cni0"]);
+                node.ns.ok(&["ip", "link", "set", "cni0", "up"]);
+            }
         }
         // What a host-gw CNI programs: each node reaches the other nodes'
         // pod subnets over the LAN.
@@ -769,6 +781,29 @@ impl Node {
         }
     }
 
+    /// Rewrites `node.gateway` in the agent's config: whether this
+    /// (gateway-capable) node runs the gateway role the next time its
+    /// agent starts. The node keeps its WAN link either way.
+    pub fn set_gateway_role(&self, on: bool) {
+        let text = std::fs::read_to_string(&self.config_path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", self.config_path.display()));
+        let mut found = false;
+        let lines: Vec<String> = text
+            .lines()
+            .map(|line| {
+                if line.starts_with("  gateway: ") {
+                    found = true;
+                    format!("  gateway: {on}")
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect();
+        assert!(found, "no node.gateway in {}", self.config_path.display());
+        std::fs::write(&self.config_path, lines.join("\n") + "\n")
+            .unwrap_or_else(|e| panic!("writing {}: {e}", self.config_path.display()));
+    }
+
     /// Stops the agent and starts it again (not waiting for readiness).
     pub fn restart_agent(&mut self) -> (bool, String) {
         let stopped = self.stop_agent();
@@ -935,6 +970,47 @@ impl Pod {
         } else {
             Err(text.trim().to_string())
         }
+    }
+
+    /// [`Pod::tcp_request`] with `tcp-echo request` flags after the tag
+    /// (`--chunk N`, `--rate BYTES_PER_SEC`, `--timeout SECS`).
+    pub fn tcp_request_with(
+        &self,
+        to: &Pod,
+        bytes: usize,
+        flags: &[&str],
+    ) -> Result<String, String> {
+        let args = self.tcp_request_args(to, bytes, flags);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.ns.exec(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if out.status.success() {
+            Ok(text.trim().to_string())
+        } else {
+            Err(text.trim().to_string())
+        }
+    }
+
+    /// The `tcp-echo request` command line (to run elsewhere, or in the
+    /// background with [`Netns::spawn`]).
+    pub fn tcp_request_args(&self, to: &Pod, bytes: usize, flags: &[&str]) -> Vec<String> {
+        let bin = self
+            .echo_bin
+            .as_ref()
+            .expect("tcp_request needs Options::echo_bin");
+        let mut args = vec![
+            bin.to_string_lossy().into_owned(),
+            "request".into(),
+            format!("{}:{ECHO_PORT}", to.ip),
+            bytes.to_string(),
+            to.tag(),
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        args
     }
 
     /// Starts `ping -D` to `to`, `count` echoes 10 ms apart, output to

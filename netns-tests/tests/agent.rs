@@ -469,15 +469,16 @@ fn malformed_and_overlapping_endpoints_are_ignored() {
     }
     assert!(broker.path.join("endpoints").join(&garbage).exists());
     assert!(broker.path.join(&rogue_file).exists());
-    let connected = broker
-        .connections("a")
-        .into_iter()
-        .find(|c| c.remote_cluster == "b")
-        .map(|c| c.status);
-    assert_eq!(
-        connected.as_deref(),
-        Some("connected"),
-        "a's connection to b"
+    // The health checker reports the connection within a few probes.
+    wait_until(
+        "a's connection to b to be reported connected",
+        Duration::from_secs(10),
+        || {
+            broker
+                .connections("a")
+                .into_iter()
+                .any(|c| c.remote_cluster == "b" && c.status == "connected")
+        },
     );
 }
 

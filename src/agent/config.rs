@@ -69,6 +69,10 @@ pub struct CableConfig {
     /// Where the gateway keeps its private key, created on first start.
     #[serde(default = "default_private_key_file")]
     pub private_key_file: PathBuf,
+    /// A fixed TCP MSS for cross-cluster traffic, for paths that drop the
+    /// ICMP path-MTU discovery needs; by default MSS follows the route MTU.
+    #[serde(default)]
+    pub mss: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +120,7 @@ impl Default for CableConfig {
             udp_port: default_udp_port(),
             psk: String::new(),
             private_key_file: default_private_key_file(),
+            mss: None,
         }
     }
 }

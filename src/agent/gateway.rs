@@ -240,7 +240,9 @@ impl<B: Broker> GatewayRole<B> {
                 _ => None,
             })
             .collect();
-        self.pinger.set_targets(&targets);
+        if self.pinger.set_targets(&targets) {
+            self.probe();
+        }
 
         self.publish_status(plan).await?;
         self.metrics.sync_iterations.inc();

@@ -175,13 +175,17 @@ impl Pinger {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Keeps health state for exactly these targets.
-    pub fn set_targets(&self, targets: &[Ipv4Addr]) {
+    /// Keeps health state for exactly these targets; returns whether a
+    /// new one came, which the caller probes at once rather than a whole
+    /// interval later.
+    pub fn set_targets(&self, targets: &[Ipv4Addr]) -> bool {
         let mut health = self.health.lock();
         health.retain(|ip, _| targets.contains(ip));
+        let before = health.len();
         for ip in targets {
             health.entry(*ip).or_default();
         }
+        health.len() > before
     }
 
     /// Sends one probe to every target.

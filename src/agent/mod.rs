@@ -55,6 +55,8 @@ pub enum AgentError {
     },
     #[error("health checker (raw ICMP socket): {source}")]
     Health { source: std::io::Error },
+    #[error("nftables: {0}")]
+    Nft(#[from] crate::net::nft::NftError),
     #[error("{0} is not supported yet")]
     Unsupported(String),
 }
@@ -94,6 +96,7 @@ pub async fn run(
     };
     let route_agent = RouteAgent::start(&config, netlink.clone()).await?;
     let mut changes = broker.changes();
+    let mut kernel_changes = crate::net::events::watch()?;
     let mut reconcile_timer = tokio::time::interval(RECONCILE_PERIOD);
     let mut probe_timer = tokio::time::interval(probe_interval);
     tokio::pin!(shutdown);
@@ -107,6 +110,7 @@ pub async fn run(
                 continue;
             }
             _ = changes.changed() => {}
+            _ = kernel_changes.changed() => {}
             _ = reconcile_timer.tick() => {}
         }
         match reconcile(&*broker, &local, gateway.as_mut(), &route_agent, &netlink).await {

@@ -3,10 +3,14 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::config::AgentConfig;
 use super::AgentError;
 use crate::broker::Snapshot;
+use crate::net::nft::{NftPlan, NftTable};
 use crate::net::vxlan::{
     overlay_address, VxlanParams, VXLAN_IF, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI,
 };
@@ -17,6 +21,10 @@ use crate::plan::routes::Route;
 
 pub struct RouteAgent {
     netlink: Netlink,
+    local_subnets: Vec<ipnet::IpNet>,
+    mss: Option<u16>,
+    /// Blocking (it runs nft); behind a lock for spawn_blocking.
+    nft: Arc<Mutex<NftTable>>,
     facts: NodeFacts,
     vxlan: VxlanParams,
     mtu: u32,
@@ -60,6 +68,9 @@ impl RouteAgent {
         }
         Ok(RouteAgent {
             netlink,
+            local_subnets: config.subnets(),
+            mss: config.cable.mss,
+            nft: Arc::new(Mutex::new(NftTable::new())),
             facts: NodeFacts {
                 cluster_id: config.cluster_id.clone(),
                 name: config.node.name.clone(),
@@ -94,6 +105,19 @@ impl RouteAgent {
         self.netlink
             .set_vxlan_default_destination(index, plan.vxlan_destination)
             .await?;
+        let nft_plan = NftPlan {
+            local_subnets: self.local_subnets.clone(),
+            remote_subnets: connections
+                .peers
+                .values()
+                .flat_map(|p| p.subnets.clone())
+                .collect(),
+            mss: self.mss,
+        };
+        let nft = self.nft.clone();
+        tokio::task::spawn_blocking(move || nft.lock().ensure(&nft_plan))
+            .await
+            .expect("the nft task does not panic")?;
         Ok(plan.routes)
     }
 }

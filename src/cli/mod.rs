@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub mod agent;
 pub mod show;
 pub mod tunnel;
+pub mod uninstall;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +35,8 @@ pub enum Command {
     Show(show::ShowArgs),
     /// Run a userspace WireGuard interface that wg(8) configures.
     Tunnel(tunnel::TunnelArgs),
+    /// Remove every kernel object Strait owns on this node (stop the agent first).
+    Uninstall(uninstall::UninstallArgs),
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -69,5 +72,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args),
         Command::Show(args) => show::run(args),
         Command::Tunnel(args) => tunnel::run(args),
+        Command::Uninstall(args) => uninstall::run(args),
     }
 }

@@ -2,6 +2,7 @@
 //! apply or observe them over rtnetlink. Knows nothing of brokers.
 
 pub mod addr;
+pub mod events;
 pub mod link;
 pub mod nft;
 pub mod route;

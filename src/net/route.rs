@@ -22,7 +22,7 @@ fn address(a: &RouteAddress) -> Option<IpAddr> {
     }
 }
 
-fn table_of(message: &RouteMessage) -> u32 {
+pub(crate) fn table_of(message: &RouteMessage) -> u32 {
     message
         .attributes
         .iter()

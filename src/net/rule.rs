@@ -23,6 +23,37 @@ fn is_ours(rule: &RuleMessage) -> bool {
 }
 
 impl Netlink {
+    /// Deletes Strait's rules (IPv4 and IPv6); returns how many went.
+    pub async fn remove_rules(&self) -> Result<usize, NetError> {
+        let mut removed = 0;
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let mut ours = Vec::new();
+            let mut rules = self.handle().rule().get(version).execute();
+            while let Some(rule) = rules
+                .try_next()
+                .await
+                .map_err(netlink_error("listing rules", "ip rule"))?
+            {
+                if is_ours(&rule) {
+                    ours.push(rule);
+                }
+            }
+            for rule in ours {
+                self.handle()
+                    .rule()
+                    .del(rule)
+                    .execute()
+                    .await
+                    .map_err(netlink_error(
+                        "deleting rule",
+                        format!("pref {RULE_PRIORITY}"),
+                    ))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// `ip rule add pref RULE_PRIORITY lookup ROUTE_TABLE`, for IPv4 and
     /// IPv6, unless present. Lookups that find nothing there fall through
     /// to the main table.

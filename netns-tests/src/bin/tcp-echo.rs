@@ -4,18 +4,22 @@
 //!       prints "listening on ADDR:PORT"; to every connection it first
 //!       sends "TAG\n", then echoes what it reads until the client closes
 //!       its side (a connection idle for 30 s is dropped).
-//!   tcp-echo request ADDR:PORT BYTES TAG
+//!   tcp-echo request ADDR:PORT BYTES TAG [--chunk N] [--rate B] [--timeout S]
 //!       connects (5 s), sends BYTES deterministic pseudo-random bytes,
 //!       closes its side and checks that the answer is exactly "TAG\n"
 //!       followed by those bytes; prints "ok bytes=N tag=TAG ms=T", or
 //!       what differs and exits 1. Bounded: 20 s for the whole exchange.
+//!       Options: `--chunk N` writes N bytes at a time with TCP_NODELAY
+//!       (default 16 KiB, Nagle on); `--rate B` paces the sender to B
+//!       bytes per second; `--timeout S` bounds the exchange (and each
+//!       read and write) to S seconds instead of 20 (and 10).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::exit;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: tcp-echo serve ADDR:PORT TAG | request ADDR:PORT BYTES TAG";
+const USAGE: &str = "usage: tcp-echo serve ADDR:PORT TAG | request ADDR:PORT BYTES TAG [--chunk N] [--rate BYTES_PER_SEC] [--timeout SECS]";
 /// The largest request: a sanity bound, not a benchmark.
 const MAX_BYTES: usize = 256 << 20;
 
@@ -59,14 +63,49 @@ fn echo(mut stream: TcpStream, tag: &str) -> std::io::Result<()> {
     stream.shutdown(Shutdown::Write)
 }
 
-fn request(addr: SocketAddr, len: usize, tag: &str) -> Result<String, String> {
+/// How a request sends (the optional flags after TAG).
+struct Sending {
+    /// Bytes per write; `Some` also sets TCP_NODELAY.
+    chunk: Option<usize>,
+    /// Bytes per second, at most.
+    rate: Option<u64>,
+    /// The whole exchange, and each read and write.
+    timeout: Option<Duration>,
+}
+
+fn parse_sending(flags: &[String]) -> Sending {
+    let mut sending = Sending {
+        chunk: None,
+        rate: None,
+        timeout: None,
+    };
+    let mut flags = flags.iter();
+    while let Some(flag) = flags.next() {
+        let value: u64 = flags
+            .next()
+            .and_then(|v| v.parse().ok())
+            .filter(|v| *v > 0)
+            .unwrap_or_else(|| fail(&format!("{flag} needs a number above 0\n{USAGE}")));
+        match flag.as_str() {
+            "--chunk" => sending.chunk = Some(value as usize),
+            "--rate" => sending.rate = Some(value),
+            "--timeout" => sending.timeout = Some(Duration::from_secs(value)),
+            _ => fail(USAGE),
+        }
+    }
+    sending
+}
+
+fn request(addr: SocketAddr, len: usize, tag: &str, how: &Sending) -> Result<String, String> {
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(20);
+    let deadline = started + how.timeout.unwrap_or(Duration::from_secs(20));
+    let io_timeout = how.timeout.unwrap_or(Duration::from_secs(10));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .and_then(|_| stream.set_write_timeout(Some(Duration::from_secs(10))))
+        .set_read_timeout(Some(io_timeout))
+        .and_then(|_| stream.set_write_timeout(Some(io_timeout)))
+        .and_then(|_| stream.set_nodelay(how.chunk.is_some()))
         .map_err(|e| format!("socket options: {e}"))?;
     let sent = payload(len);
     // Write from another thread so that a large payload cannot deadlock
@@ -75,11 +114,23 @@ fn request(addr: SocketAddr, len: usize, tag: &str) -> Result<String, String> {
         .try_clone()
         .map_err(|e| format!("cloning the socket: {e}"))?;
     let to_send = sent.clone();
+    let chunk_len = how.chunk.unwrap_or(16 << 10);
+    let rate = how.rate;
     let sender = std::thread::spawn(move || -> Result<(), String> {
-        for chunk in to_send.chunks(16 << 10) {
+        let begun = Instant::now();
+        let mut written = 0u64;
+        for chunk in to_send.chunks(chunk_len) {
+            if let Some(rate) = rate {
+                // Not ahead of `rate` bytes per second since the start.
+                let due = Duration::from_secs_f64(written as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(begun.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
             writer
                 .write_all(chunk)
-                .map_err(|e| format!("sending: {e}"))?;
+                .map_err(|e| format!("sending after {written} bytes: {e}"))?;
+            written += chunk.len() as u64;
         }
         writer
             .shutdown(Shutdown::Write)
@@ -160,7 +211,8 @@ fn main() {
                 fail(&format!("at most {MAX_BYTES} bytes"));
             }
             let tag = args.get(4).unwrap_or_else(|| fail(USAGE));
-            match request(addr, len, tag) {
+            let how = parse_sending(&args[5..]);
+            match request(addr, len, tag, &how) {
                 Ok(report) => println!("{report}"),
                 Err(e) => fail(&e),
             }
