@@ -96,17 +96,26 @@ fn up(dir: &Path) {
     options.detach = true;
 
     let specs = [
-        ClusterSpec::new("cluster-a", 1, vec![NodeSpec::gateway("a-gw", 1)]),
-        ClusterSpec::new("cluster-b", 2, vec![NodeSpec::gateway("b-gw", 1)]),
+        ClusterSpec::new(
+            "cluster-a",
+            1,
+            vec![NodeSpec::gateway("a-gw", 1), NodeSpec::worker("a-n1", 1)],
+        ),
+        ClusterSpec::new(
+            "cluster-b",
+            2,
+            vec![NodeSpec::gateway("b-gw", 1), NodeSpec::worker("b-n1", 1)],
+        ),
     ];
     step("Strait demo: two simulated Kubernetes clusters on this machine");
     for spec in &specs {
         println!(
-            "  {}: pod CIDR {}, service CIDR {}, gateway node {} (LAN 172.16.{k}.10, WAN 198.51.100.{w})",
+            "  {}: pod CIDR {}, service CIDR {}, gateway node {} (LAN 172.16.{k}.10, WAN 198.51.100.{w}), worker node {} (LAN 172.16.{k}.11)",
             spec.id,
             spec.pod_cidr,
             spec.service_cidr,
             spec.nodes[0].name,
+            spec.nodes[1].name,
             k = spec.index,
             w = 10 * spec.index + 1
         );
@@ -117,7 +126,7 @@ fn up(dir: &Path) {
     );
 
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        step("starting `strait agent` on each gateway node");
+        step("starting `strait agent` on every node");
         let started = Instant::now();
         let set = ClusterSet::build(&specs, options);
         println!("  agents ready (/readyz) after {:.1?}", started.elapsed());
@@ -166,7 +175,10 @@ fn show(set: &ClusterSet, dir: &Path, strait_bin: &Path, echo_bin: &Path) {
     }
     println!("  first pod-to-pod echo after {:.1?}", started.elapsed());
 
-    for (from, to) in [(pa, pb), (pb, pa)] {
+    // Gateway-node pods both ways, then pods on the worker nodes, whose
+    // traffic goes over VXLAN to their cluster's gateway first.
+    let (wa, wb) = (a.pod(1), b.pod(1));
+    for (from, to) in [(pa, pb), (pb, pa), (wa, wb), (wb, wa)] {
         step(&format!(
             "pod {} ({}, cluster {}) -> pod {} ({}, cluster {})",
             from.name, from.ip, from.cluster_id, to.name, to.ip, to.cluster_id
