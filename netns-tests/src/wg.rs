@@ -149,3 +149,10 @@ pub fn configure(end: &TunnelEnd, peer: &KeyPair, peer_endpoint: &str, peer_allo
     }
     end.ns.ok(&["ip", "link", "set", end.ifname, "up"]);
 }
+
+/// The device's public key as `wg show IFNAME public-key` prints it.
+pub fn dump_public_key(ns: &Netns, ifname: &str) -> String {
+    ns.ok(&["wg", "show", ifname, "public-key"])
+        .trim()
+        .to_string()
+}

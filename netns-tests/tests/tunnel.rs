@@ -280,6 +280,31 @@ fn strait_to_strait() {
 }
 
 #[test]
+fn a_handshake_flood_gets_cookie_replies_and_the_tunnel_survives() {
+    let mut pair = Pair::new(Implementation::Strait, Implementation::Strait);
+    pair.pings_both_ways();
+    let blast = env!("CARGO_BIN_EXE_udp-blast");
+    let target = format!("{A_OUTER}:{A_PORT}");
+    let a_public = wg::dump_public_key(&pair.a, &pair.a_if);
+    let out = pair
+        .b
+        .ok(&[blast, "handshake-flood", &target, &a_public, "3000"]);
+    let cookies: u64 = out
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("cookies="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        cookies > 0,
+        "no cookie reply under a flood of initiations: {out}"
+    );
+    pair.pings_both_ways();
+    let log = pair.stop_a();
+    assert!(logged_counter(&log, "cookies_sent") >= cookies, "{log}");
+}
+
+#[test]
 fn malformed_uapi_requests_get_an_errno_and_change_nothing() {
     let pair = Pair::new(Implementation::Strait, Implementation::Strait);
     pair.pings_both_ways();

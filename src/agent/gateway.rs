@@ -41,6 +41,8 @@ pub struct GatewayRole<B: Broker> {
     metrics: Arc<Metrics>,
     psk: Key,
     local_endpoint: EndpointSpec,
+    /// When this gateway started: its status object's creation time.
+    started: String,
     reported_skips: HashSet<Skipped>,
     reported_refusals: HashSet<(String, String)>,
     /// Label values of each remote cluster's metrics, to remove them.
@@ -161,6 +163,7 @@ impl<B: Broker> GatewayRole<B> {
             metrics,
             psk,
             local_endpoint,
+            started: now_rfc3339(),
             reported_skips: HashSet::new(),
             reported_refusals: HashSet::new(),
             metric_labels: BTreeMap::new(),
@@ -255,9 +258,23 @@ impl<B: Broker> GatewayRole<B> {
     }
 
     /// Stops the health checker's thread; the device goes when dropped.
-    pub fn stop(&self) {
+    /// Its status goes from the broker too: a stopped gateway has no live
+    /// connections. The endpoint stays, so that peers keep their
+    /// configuration across a restart.
+    pub async fn stop(&self) {
         self.pinger.stop();
         self.device.stop();
+        if let Err(e) = self
+            .broker
+            .withdraw::<StatusBody<GatewayStatus>>(&self.gateway_name())
+            .await
+        {
+            tracing::warn!(error = %e, "could not withdraw the gateway status");
+        }
+    }
+
+    fn gateway_name(&self) -> String {
+        format!("{}-{}", self.config.cluster_id, self.config.node.name)
     }
 
     pub fn probe(&self) {
@@ -351,7 +368,7 @@ impl<B: Broker> GatewayRole<B> {
         }
 
         let gateway = Gateway::new(
-            format!("{}-{}", self.config.cluster_id, self.config.node.name),
+            self.gateway_name(),
             StatusBody {
                 status: GatewayStatus {
                     version: env!("CARGO_PKG_VERSION").into(),
@@ -361,7 +378,7 @@ impl<B: Broker> GatewayRole<B> {
                     connections,
                 },
             },
-            String::new(),
+            self.started.clone(),
         );
         self.broker.publish(&gateway).await?;
         Ok(())

@@ -121,7 +121,7 @@ pub async fn run(
     }
     tracing::info!("agent stopping");
     if let Some(gateway) = &gateway {
-        gateway.stop();
+        gateway.stop().await;
     }
     Ok(())
 }

@@ -6,6 +6,11 @@
 //!   udp-blast replay ADDR:PORT PCAP PORT
 //!       re-sends the WireGuard data messages that PORT sent in a
 //!       tcpdump capture; prints "replayed=N".
+//!   udp-blast handshake-flood ADDR:PORT PUBKEY COUNT
+//!       sends COUNT handshake initiations whose MAC1 is valid for the
+//!       responder key PUBKEY (base64) and whose contents are not, as fast
+//!       as it can; prints "sent=N cookies=M" with the cookie replies that
+//!       came back within a second of the last one.
 
 use std::net::{SocketAddr, UdpSocket};
 
@@ -108,6 +113,51 @@ fn main() {
             }
             println!("replayed={}", messages.len());
         }
+        "handshake-flood" => {
+            let key = args.get(3).expect(usage);
+            let count: usize = args.get(4).expect(usage).parse().expect("COUNT");
+            handshake_flood(&socket, target, key, count.min(100_000));
+        }
         _ => panic!("{usage}"),
     }
+}
+
+/// Initiations that pass the responder's cheap MAC1 check, so that only its
+/// load (not a bad MAC) decides whether it answers with a cookie.
+fn handshake_flood(socket: &UdpSocket, target: SocketAddr, responder_key: &str, count: usize) {
+    use base64::Engine;
+    use blake2::digest::{FixedOutput, KeyInit, Update};
+    use blake2::{Blake2s256, Blake2sMac, Digest};
+
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(responder_key.trim())
+        .expect("PUBKEY is base64");
+    // MAC1 key = HASH("mac1----" || responder public key).
+    let mac1_key = Blake2s256::new()
+        .chain_update(b"mac1----")
+        .chain_update(&key)
+        .finalize();
+    let mut rng = XorShift(0xf100d);
+    for _ in 0..count {
+        let mut message = [0u8; 148];
+        rng.fill(&mut message[4..116]);
+        message[0] = 1;
+        let mut mac =
+            <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(&mac1_key)
+                .expect("a 32-byte key");
+        Update::update(&mut mac, &message[..116]);
+        message[116..132].copy_from_slice(&mac.finalize_fixed());
+        socket.send_to(&message, target).expect("send");
+    }
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .expect("read timeout");
+    let mut cookies = 0;
+    let mut buf = [0u8; 256];
+    while let Ok(len) = socket.recv(&mut buf) {
+        if len == 64 && buf[0] == 3 {
+            cookies += 1;
+        }
+    }
+    println!("sent={count} cookies={cookies}");
 }
