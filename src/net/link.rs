@@ -6,6 +6,13 @@ use rtnetlink::LinkUnspec;
 
 use super::{is_not_found, netlink_error, NetError, Netlink};
 
+/// A link by name or by index.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LinkRef<'a> {
+    Name(&'a str),
+    Index(u32),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkState {
     pub index: u32,
@@ -25,28 +32,41 @@ fn state_of(message: &LinkMessage) -> LinkState {
 }
 
 impl Netlink {
-    /// The link named `name`, or `None` if there is none.
-    pub async fn link(&self, name: &str) -> Result<Option<LinkState>, NetError> {
-        let mut links = self
-            .handle()
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
+    /// The link message of `name` or of `index`, or `None` if there is none.
+    pub(crate) async fn link_message(
+        &self,
+        link: LinkRef<'_>,
+    ) -> Result<Option<LinkMessage>, NetError> {
+        let request = self.handle().link().get();
+        let (mut links, what) = match link {
+            LinkRef::Name(name) => (
+                request.match_name(name.to_string()).execute(),
+                name.to_string(),
+            ),
+            LinkRef::Index(index) => (request.match_index(index).execute(), index.to_string()),
+        };
         match links.try_next().await {
-            Ok(found) => Ok(found.as_ref().map(state_of)),
+            Ok(found) => Ok(found),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(netlink_error("looking up link", name)(e)),
+            Err(e) => Err(netlink_error("looking up link", what)(e)),
         }
     }
 
+    /// The link named `name`, or `None` if there is none.
+    pub async fn link(&self, name: &str) -> Result<Option<LinkState>, NetError> {
+        Ok(self
+            .link_message(LinkRef::Name(name))
+            .await?
+            .as_ref()
+            .map(state_of))
+    }
+
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkState>, NetError> {
-        let mut links = self.handle().link().get().match_index(index).execute();
-        match links.try_next().await {
-            Ok(found) => Ok(found.as_ref().map(state_of)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(netlink_error("looking up link", index)(e)),
-        }
+        Ok(self
+            .link_message(LinkRef::Index(index))
+            .await?
+            .as_ref()
+            .map(state_of))
     }
 
     /// Brings `name` up with `mtu`; writes nothing when it already is.

@@ -11,6 +11,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::LinkVxlan;
 
+use super::link::LinkRef;
 use super::{is_not_found, netlink_error, NetError, Netlink};
 
 /// Fixed name, VNI and port: a restart adopts the device, uninstall finds it.
@@ -75,18 +76,10 @@ fn params_of(attributes: &[LinkAttribute]) -> Option<VxlanParams> {
 impl Netlink {
     /// The VXLAN parameters of `name`, if it is a VXLAN link.
     pub async fn vxlan(&self, name: &str) -> Result<Option<(u32, VxlanParams)>, NetError> {
-        let mut links = self
-            .handle()
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(Some(link)) => Ok(params_of(&link.attributes).map(|p| (link.header.index, p))),
-            Ok(None) => Ok(None),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(netlink_error("looking up link", name)(e)),
-        }
+        Ok(self
+            .link_message(LinkRef::Name(name))
+            .await?
+            .and_then(|link| params_of(&link.attributes).map(|p| (link.header.index, p))))
     }
 
     /// Creates `strait-vx` with `wanted`, replacing a link of that name
