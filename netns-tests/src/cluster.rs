@@ -387,7 +387,7 @@ impl ClusterSet {
             };
             node.ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
             let lan_ns = &self.clusters[at].lan;
-            link_pair(&node.ns, "lan0", lan_ns, &format!("n{i}"));
+            crate::veth_pair(&node.ns, "lan0", lan_ns, &format!("n{i}"));
             lan_ns.ok(&["ip", "link", "set", &format!("n{i}"), "master", "br0", "up"]);
             node.ns
                 .ok(&["ip", "addr", "add", &format!("{lan_ip}/24"), "dev", "lan0"]);
@@ -395,7 +395,7 @@ impl ClusterSet {
             if let Some(wan_ip) = wan_ip {
                 let port = format!("c{k}n{i}");
                 let wan = self.wan.as_ref().expect("the WAN of a persisted set");
-                link_pair(&node.ns, "wan0", wan, &port);
+                crate::veth_pair(&node.ns, "wan0", wan, &port);
                 wan.ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
                 node.ns
                     .ok(&["ip", "addr", "add", &format!("{wan_ip}/24"), "dev", "wan0"]);
@@ -447,7 +447,7 @@ impl ClusterSet {
         let ns = self.journal.netns(&format!("{}-{name}", cluster.spec.id));
         let ip = add_to_v4(node.pod_gateway, 1 + j as u32);
         let node_if = format!("pod{j}");
-        link_pair(&ns, "eth0", &node.ns, &node_if);
+        crate::veth_pair(&ns, "eth0", &node.ns, &node_if);
         let gw = node.pod_gateway.to_string();
         node.ns
             .ok(&["ip", "addr", "add", &format!("{gw}/32"), "dev", &node_if]);
@@ -1148,27 +1148,6 @@ fn spawn(ns: &Netns, args: &[&str], env: &[(&str, &str)], log: &Path, detach: bo
         child: Some(child),
         log: log.to_path_buf(),
     }
-}
-
-/// A veth pair between two namespaces, without addresses.
-fn link_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    crate::run_ok(
-        "ip",
-        &[
-            "link",
-            "add",
-            a_if,
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            b_if,
-            "netns",
-            b.name(),
-        ],
-    );
 }
 
 /// A node's agent configuration (the agent's YAML contract).

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+pub mod kube;
 pub mod wg;
 
 pub use cluster::{
@@ -224,8 +225,8 @@ impl Drop for Netns {
     }
 }
 
-/// Joins two namespaces with a veth pair and addresses both ends.
-pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+/// A veth pair between two namespaces, without addresses.
+pub fn veth_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     run_ok(
         "ip",
         &[
@@ -243,6 +244,11 @@ pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: 
             b.name(),
         ],
     );
+}
+
+/// Joins two namespaces with a veth pair and addresses both ends.
+pub fn veth(a: &Netns, a_if: &str, a_addr: &str, b: &Netns, b_if: &str, b_addr: &str) {
+    veth_pair(a, a_if, b, b_if);
     for (ns, ifname, addr) in [(a, a_if, a_addr), (b, b_if, b_addr)] {
         ns.ok(&["ip", "addr", "add", addr, "dev", ifname]);
         ns.ok(&["ip", "link", "set", ifname, "up"]);
