@@ -35,6 +35,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "unit tests (no privileges needed)"
 cargo test --workspace --exclude strait-netns-tests
 
+command -v go >/dev/null || { echo "missing go (1.24 or newer): needed to build kube-apiserver and etcd for the Kubernetes tests" >&2; exit 1; }
+step "kube-apiserver and etcd for the Kubernetes tests (built once into a cache; the first build takes about 15 minutes)"
+STRAIT_KUBE_BIN=$(tests/kube/build-binaries.sh | tail -n1)
+export STRAIT_KUBE_BIN
+
 step "release build"
 cargo build --release --bin strait
 export STRAIT_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/strait"

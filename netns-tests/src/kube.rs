@@ -1,0 +1,826 @@
+//! A real Kubernetes API server for the tests: etcd and kube-apiserver,
+//! started the way controller-runtime's envtest starts them, with
+//! certificates generated for each instance.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use strait_netns_tests::kube::ApiServer;
+//! let api = ApiServer::start();            // 127.0.0.1, free ports
+//! let client = api.client();               // admin (system:masters)
+//! // ... kube::Api::<Namespace>::all(client) ...
+//! # }
+//! ```
+//!
+//! Every [`ApiServer`] has its own ports, data directory, certificates and
+//! kubeconfig, so a test can run several at once (a broker and two
+//! clusters). Dropping it stops both processes (the ones it started, by pid)
+//! and removes its directory, also when the test panics.
+//!
+//! The binaries come from `$STRAIT_KUBE_BIN`, by default the directory
+//! `tests/kube/build-binaries.sh` builds into.
+//!
+//! The API server either listens on 127.0.0.1 of the test's own network
+//! namespace, or, with [`ApiServerOptions::netns`], runs inside a network
+//! namespace of the test (through `ip netns exec`) and listens on an address
+//! of that namespace, e.g. a bridge the test created, so that agents in other
+//! namespaces reach it. etcd always listens on 127.0.0.1 of the namespace the
+//! API server runs in (its loopback must be up).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// The Kubernetes release `tests/kube/build-binaries.sh` builds.
+pub const K8S_VERSION: &str = "v1.34.4";
+/// The etcd release `tests/kube/build-binaries.sh` builds.
+pub const ETCD_VERSION: &str = "v3.6.16";
+
+/// The directory holding `kube-apiserver` and `etcd`: `$STRAIT_KUBE_BIN`,
+/// else where `tests/kube/build-binaries.sh` puts them
+/// (`${STRAIT_KUBE_CACHE:-/var/cache/strait-kube}/k8s-…_etcd-…/bin`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("STRAIT_KUBE_BIN") {
+        return dir.into();
+    }
+    let cache = std::env::var_os("STRAIT_KUBE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/strait-kube"));
+    cache
+        .join(format!("k8s-{K8S_VERSION}_etcd-{ETCD_VERSION}"))
+        .join("bin")
+}
+
+/// Paths of both binaries; panics, saying how to build them, when one is
+/// missing.
+pub fn binaries() -> (PathBuf, PathBuf) {
+    let dir = bin_dir();
+    let apiserver = dir.join("kube-apiserver");
+    let etcd = dir.join("etcd");
+    for bin in [&apiserver, &etcd] {
+        assert!(
+            bin.is_file(),
+            "{} is missing: run tests/kube/build-binaries.sh (it builds kube-apiserver {K8S_VERSION} \
+             and etcd {ETCD_VERSION} into a cache once), or point STRAIT_KUBE_BIN at a directory \
+             holding kube-apiserver and etcd",
+            bin.display()
+        );
+    }
+    (apiserver, etcd)
+}
+
+/// How to start an [`ApiServer`].
+#[derive(Clone, Debug)]
+pub struct ApiServerOptions {
+    /// A short name for the directory and the logs ("broker", "east").
+    pub tag: String,
+    /// The address kube-apiserver binds and advertises; it is in the
+    /// serving certificate, the kubeconfig and the service-account issuer.
+    pub listen: IpAddr,
+    /// Run etcd and kube-apiserver inside this network namespace
+    /// (`ip netns exec NS …`); `listen` must be one of its addresses.
+    pub netns: Option<String>,
+    /// `--service-cluster-ip-range` (IPv4); its first address is in the
+    /// serving certificate.
+    pub service_cidr: String,
+    /// How long to wait for `/readyz`.
+    pub ready_timeout: Duration,
+    /// More kube-apiserver flags (`--flag=value`), appended last.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ApiServerOptions {
+    fn default() -> Self {
+        ApiServerOptions {
+            tag: "kube".into(),
+            listen: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
+            service_cidr: "10.0.0.0/24".into(),
+            ready_timeout: Duration::from_secs(120),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+impl ApiServerOptions {
+    pub fn tag(mut self, tag: &str) -> Self {
+        self.tag = tag.into();
+        self
+    }
+
+    /// Listen on `addr` inside the network namespace `netns`.
+    pub fn in_netns(mut self, netns: &str, addr: IpAddr) -> Self {
+        self.netns = Some(netns.into());
+        self.listen = addr;
+        self
+    }
+}
+
+/// The ports of one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    /// kube-apiserver's `--secure-port`, on the listen address.
+    pub apiserver: u16,
+    /// etcd's client port, on 127.0.0.1.
+    pub etcd_client: u16,
+    /// etcd's peer port, on 127.0.0.1.
+    pub etcd_peer: u16,
+}
+
+impl Ports {
+    pub fn all(&self) -> [u16; 3] {
+        [self.apiserver, self.etcd_client, self.etcd_peer]
+    }
+}
+
+/// etcd and kube-apiserver of one test, stopped and removed on drop.
+pub struct ApiServer {
+    opts: ApiServerOptions,
+    dir: PathBuf,
+    ports: Ports,
+    ca: CertifiedIssuer<'static, KeyPair>,
+    ca_pem: String,
+    admin_cert_pem: String,
+    admin_key_pem: String,
+    etcd: Option<Child>,
+    apiserver: Option<Child>,
+}
+
+/// The user name of the admin client certificate.
+pub const ADMIN_USER: &str = "strait-test-admin";
+
+impl ApiServer {
+    /// Starts an API server on 127.0.0.1 with default options.
+    pub fn start() -> ApiServer {
+        ApiServer::start_with(ApiServerOptions::default())
+    }
+
+    /// Starts etcd and kube-apiserver and waits until `/readyz` answers ok;
+    /// panics with the end of both logs when they do not come up.
+    pub fn start_with(opts: ApiServerOptions) -> ApiServer {
+        let (apiserver_bin, etcd_bin) = binaries();
+        let dir =
+            std::env::temp_dir().join(format!("strait-kube-{}-{}", opts.tag, crate::unique_id()));
+        std::fs::create_dir_all(dir.join("pki")).expect("creating the API server directory");
+        let pki = Pki::generate(&opts);
+        pki.write(&dir.join("pki"));
+        let mut server = ApiServer {
+            ports: Ports {
+                apiserver: 0,
+                etcd_client: 0,
+                etcd_peer: 0,
+            },
+            ca_pem: pki.ca.pem(),
+            admin_cert_pem: pki.admin_cert_pem.clone(),
+            admin_key_pem: pki.admin_key_pem.clone(),
+            ca: pki.ca,
+            opts,
+            dir,
+            etcd: None,
+            apiserver: None,
+        };
+        // A port picked as free can be taken before etcd or kube-apiserver
+        // binds it: then start again on other ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            server.ports = Ports {
+                apiserver: free_port(server.opts.listen, server.opts.netns.is_some()),
+                etcd_client: free_port(
+                    IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    server.opts.netns.is_some(),
+                ),
+                etcd_peer: free_port(IpAddr::V4(Ipv4Addr::LOCALHOST), server.opts.netns.is_some()),
+            };
+            std::fs::write(server.kubeconfig_path(), server.admin_kubeconfig())
+                .expect("writing the kubeconfig");
+            match server.launch(&apiserver_bin, &etcd_bin) {
+                Ok(()) => return server,
+                Err(e) if attempt < 3 && e.contains("address already in use") => {
+                    server.kill_all();
+                    let _ = std::fs::remove_dir_all(server.dir.join("etcd"));
+                }
+                Err(e) => {
+                    server.kill_all();
+                    panic!("API server {} did not start: {e}", server.opts.tag);
+                }
+            }
+        }
+    }
+
+    /// Starts both processes on this instance's ports and data, then waits
+    /// for `/readyz`. Err carries the reason and the logs.
+    fn launch(&mut self, apiserver_bin: &Path, etcd_bin: &Path) -> Result<(), String> {
+        let p = self.ports;
+        let data = self.dir.join("etcd");
+        let peer = format!("http://127.0.0.1:{}", p.etcd_peer);
+        let client = format!("http://127.0.0.1:{}", p.etcd_client);
+        let etcd_args = vec![
+            format!("--name={}", self.opts.tag),
+            format!("--data-dir={}", data.display()),
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster={}={peer}", self.opts.tag),
+            "--initial-cluster-state=new".into(),
+            // Test data: durability across a host crash is not needed.
+            "--unsafe-no-fsync=true".into(),
+            "--log-level=warn".into(),
+        ];
+        self.etcd = Some(self.spawn(etcd_bin, &etcd_args, "etcd.log"));
+
+        let pki = self.dir.join("pki");
+        let f = |name: &str| pki.join(name).display().to_string();
+        let url = self.url();
+        let mut args = vec![
+            format!("--advertise-address={}", self.opts.listen),
+            format!("--bind-address={}", self.opts.listen),
+            format!("--secure-port={}", p.apiserver),
+            format!("--etcd-servers={client}"),
+            format!("--cert-dir={}", pki.display()),
+            format!("--tls-cert-file={}", f("serving.crt")),
+            format!("--tls-private-key-file={}", f("serving.key")),
+            format!("--client-ca-file={}", f("ca.crt")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer={url}"),
+            format!("--service-account-key-file={}", f("sa.pub")),
+            format!("--service-account-signing-key-file={}", f("sa.key")),
+            format!("--service-cluster-ip-range={}", self.opts.service_cidr),
+            // No controller-manager creates the namespaces' "default"
+            // service accounts: pods must be admitted without them (envtest
+            // does the same).
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+        ];
+        if self.opts.listen.is_loopback() {
+            // The `kubernetes` service cannot have a loopback endpoint: do
+            // not try (and log an error every ten seconds).
+            args.push("--endpoint-reconciler-type=none".into());
+        }
+        args.extend(self.opts.extra_args.iter().cloned());
+        self.apiserver = Some(self.spawn(apiserver_bin, &args, "kube-apiserver.log"));
+        self.wait_ready()
+    }
+
+    fn spawn(&self, bin: &Path, args: &[String], log: &str) -> Child {
+        let out = File::create(self.dir.join(log)).expect("creating a log file");
+        let err = out.try_clone().expect("cloning a log handle");
+        let mut cmd = match &self.opts.netns {
+            Some(ns) => {
+                // `ip netns exec` execs the program: the pid stays its own.
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns]).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()))
+    }
+
+    /// Polls `/readyz` (as the admin, from the API server's namespace) until
+    /// it answers ok; fails early when a process exits.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let config = self.admin_config();
+        let netns = self.opts.netns.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<Result<(), String>>();
+        let prober = {
+            let stop = stop.clone();
+            std::thread::spawn(move || probe_readyz(config, netns, stop, tx))
+        };
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        let result = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(Ok(())) => break Ok(()),
+                Ok(Err(e)) => break Err(e),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Err("the prober ended".into()),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if let Some(name) = self.exited() {
+                break Err(format!("{name} exited"));
+            }
+            if Instant::now() > deadline {
+                break Err(format!(
+                    "/readyz not ok within {:?}",
+                    self.opts.ready_timeout
+                ));
+            }
+        };
+        stop.store(true, Ordering::Relaxed);
+        let _ = prober.join();
+        result.map_err(|e| {
+            format!(
+                "{e}\n--- etcd.log (end)\n{}\n--- kube-apiserver.log (end)\n{}",
+                self.log_tail("etcd.log", 30),
+                self.log_tail("kube-apiserver.log", 60)
+            )
+        })
+    }
+
+    /// The name of a process of ours that has exited, if any.
+    fn exited(&mut self) -> Option<&'static str> {
+        for (name, child) in [
+            ("etcd", &mut self.etcd),
+            ("kube-apiserver", &mut self.apiserver),
+        ] {
+            if let Some(c) = child {
+                if !matches!(c.try_wait(), Ok(None)) {
+                    return Some(name);
+                }
+            }
+        }
+        None
+    }
+
+    /// The last `lines` lines of one of the logs (`etcd.log`,
+    /// `kube-apiserver.log`).
+    pub fn log_tail(&self, log: &str, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join(log)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// `https://ADDR:PORT`.
+    pub fn url(&self) -> String {
+        format!(
+            "https://{}",
+            SocketAddr::new(self.opts.listen, self.ports.apiserver)
+        )
+    }
+
+    pub fn listen(&self) -> IpAddr {
+        self.opts.listen
+    }
+
+    pub fn ports(&self) -> Ports {
+        self.ports
+    }
+
+    /// This instance's directory (certificates, etcd data, logs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The CA that signed the serving and client certificates (PEM); the
+    /// API server trusts client certificates it signs.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// The admin's kubeconfig file (user [`ADMIN_USER`] in
+    /// `system:masters`, certificates embedded).
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// The admin's kubeconfig, YAML.
+    pub fn admin_kubeconfig(&self) -> String {
+        self.kubeconfig_yaml(
+            ADMIN_USER,
+            &format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                BASE64.encode(&self.admin_cert_pem),
+                BASE64.encode(&self.admin_key_pem)
+            ),
+        )
+    }
+
+    /// A kubeconfig, YAML, of a user authenticated by a client certificate
+    /// signed by this instance's CA (`groups` become its organizations).
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> String {
+        let (cert, key) = self.client_cert(user, groups);
+        self.kubeconfig_yaml(
+            user,
+            &format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                BASE64.encode(cert),
+                BASE64.encode(key)
+            ),
+        )
+    }
+
+    /// A kubeconfig, YAML, authenticating with a bearer token (a service
+    /// account token from the TokenRequest API, say).
+    pub fn token_kubeconfig(&self, user: &str, token: &str) -> String {
+        self.kubeconfig_yaml(user, &format!("token: {token}"))
+    }
+
+    fn kubeconfig_yaml(&self, user: &str, auth: &str) -> String {
+        let name = &self.opts.tag;
+        format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: {name}
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: {user}
+  user:
+    {auth}
+contexts:
+- name: {name}
+  context:
+    cluster: {name}
+    user: {user}
+current-context: {name}
+",
+            server = self.url(),
+            ca = BASE64.encode(&self.ca_pem),
+        )
+    }
+
+    /// A client certificate and key (PEM) for `user` in `groups`.
+    pub fn client_cert(&self, user: &str, groups: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().expect("generating a key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("certificate params");
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params.distinguished_name.push(DnType::OrganizationName, *g);
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&key, &self.ca)
+            .expect("signing a client certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// The admin's client configuration.
+    pub fn admin_config(&self) -> ::kube::Config {
+        self.config_with(|auth| {
+            auth.client_certificate_data = Some(BASE64.encode(&self.admin_cert_pem));
+            auth.client_key_data = Some(BASE64.encode(&self.admin_key_pem).into());
+        })
+    }
+
+    /// A configuration for `user` in `groups` (a client certificate).
+    pub fn user_config(&self, user: &str, groups: &[&str]) -> ::kube::Config {
+        let (cert, key) = self.client_cert(user, groups);
+        self.config_with(|auth| {
+            auth.client_certificate_data = Some(BASE64.encode(cert));
+            auth.client_key_data = Some(BASE64.encode(key).into());
+        })
+    }
+
+    /// A configuration authenticating with a bearer token.
+    pub fn token_config(&self, token: &str) -> ::kube::Config {
+        self.config_with(|auth| auth.token = Some(token.to_string().into()))
+    }
+
+    /// A configuration with no credentials: requests are anonymous.
+    pub fn anonymous_config(&self) -> ::kube::Config {
+        self.config_with(|_| {})
+    }
+
+    fn config_with(&self, auth: impl FnOnce(&mut ::kube::config::AuthInfo)) -> ::kube::Config {
+        let mut config = ::kube::Config::new(self.url().parse().expect("API server URL"));
+        config.root_cert = Some(vec![self.ca.der().to_vec()]);
+        auth(&mut config.auth_info);
+        config
+    }
+
+    /// A client of this API server as the admin. Needs a Tokio runtime
+    /// (call it from a `#[tokio::test]`). Its connections start from the
+    /// test process's network namespace: with [`ApiServerOptions::netns`]
+    /// the listen address must be routable from there.
+    pub fn client(&self) -> ::kube::Client {
+        ::kube::Client::try_from(self.admin_config()).expect("building a kube client")
+    }
+
+    /// Stops kube-apiserver and etcd (SIGTERM, then SIGKILL after ten
+    /// seconds) and waits for them; the certificates, data and ports stay
+    /// this instance's, so [`ApiServer::restart`] brings it back as it was.
+    pub fn stop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            if let Some(c) = child.take() {
+                terminate(c);
+            }
+        }
+    }
+
+    /// Starts both processes again after [`ApiServer::stop`], on the same
+    /// ports, certificates and etcd data, and waits for `/readyz`.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (apiserver_bin, etcd_bin) = binaries();
+        if let Err(e) = self.launch(&apiserver_bin, &etcd_bin) {
+            self.kill_all();
+            panic!("API server {} did not restart: {e}", self.opts.tag);
+        }
+    }
+
+    /// The pids of kube-apiserver and etcd, while they run.
+    pub fn pids(&self) -> Vec<u32> {
+        [&self.apiserver, &self.etcd]
+            .into_iter()
+            .flatten()
+            .map(|c| c.id())
+            .collect()
+    }
+
+    /// Whether both processes are running.
+    pub fn is_running(&mut self) -> bool {
+        self.etcd.is_some() && self.apiserver.is_some() && self.exited().is_none()
+    }
+
+    fn kill_all(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            if let Some(mut c) = child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.apiserver.is_some() {
+            // Keep a trail for the failing test.
+            eprintln!(
+                "API server {} at {}: kube-apiserver.log (end):\n{}",
+                self.opts.tag,
+                self.url(),
+                self.log_tail("kube-apiserver.log", 15)
+            );
+        }
+        self.stop();
+        if std::env::var_os("STRAIT_KUBE_KEEP").is_some() {
+            eprintln!("STRAIT_KUBE_KEEP: kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// SIGTERM, up to ten seconds for the exit, then SIGKILL.
+fn terminate(mut child: Child) {
+    // SAFETY: kill takes no pointers; the pid is our own child's, not yet
+    // reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs `f`'s future to completion on a fresh thread that has entered the
+/// network namespace `ns`, with a runtime of its own: every socket it opens
+/// (a [`::kube::Client`]'s connections) lives in that namespace. For tests
+/// whose API server is reachable only from inside their namespaces.
+pub fn block_on_in_netns<F, Fut, T>(ns: &str, f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let ns = ns.to_string();
+    let thread = std::thread::spawn(move || {
+        enter_netns(&ns).unwrap_or_else(|e| panic!("{e}"));
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+            .block_on(f())
+    });
+    match thread.join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Runs on its own thread (entering `netns` when given): GET /readyz every
+/// 100 ms until it answers ok or `stop` is set; sends Ok once.
+fn probe_readyz(
+    config: ::kube::Config,
+    netns: Option<String>,
+    stop: Arc<AtomicBool>,
+    tx: mpsc::Sender<Result<(), String>>,
+) {
+    if let Some(ns) = netns {
+        if let Err(e) = enter_netns(&ns) {
+            let _ = tx.send(Err(e));
+            return;
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = tx.send(Err(format!("tokio runtime: {e}")));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let client = match ::kube::Client::try_from(config) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.send(Err(format!("building the probe client: {e}")));
+                return;
+            }
+        };
+        while !stop.load(Ordering::Relaxed) {
+            let req = http::Request::get("/readyz")
+                .body(Vec::new())
+                .expect("a GET request");
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await;
+            if let Ok(Ok(body)) = attempt {
+                if body.trim() == "ok" {
+                    let _ = tx.send(Ok(()));
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+/// Moves the calling thread into the network namespace `ns` (sockets it
+/// opens afterwards live there).
+fn enter_netns(ns: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = Path::new("/var/run/netns").join(ns);
+    let file = File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // SAFETY: setns takes a valid descriptor we own and a flag; it affects
+    // only the calling thread, which is the prober's own.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(format!(
+            "setns({}): {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// A port no instance of this process uses yet, below the kernel's
+/// ephemeral range (so no outgoing connection holds it), and free on
+/// `addr` when we can check (not in another namespace).
+fn free_port(addr: IpAddr, other_netns: bool) -> u16 {
+    static USED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut used = USED.lock().unwrap_or_else(|e| e.into_inner());
+    let used = used.get_or_insert_with(HashSet::new);
+    for _ in 0..1000 {
+        let port = 20000 + (random_u64() % 12000) as u16;
+        if used.contains(&port) {
+            continue;
+        }
+        let probe = if other_netns {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            addr
+        };
+        if TcpListener::bind(SocketAddr::new(probe, port)).is_ok() {
+            used.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port found between 20000 and 32000");
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// The certificates and keys of one instance.
+struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+    serving_cert_pem: String,
+    serving_key_pem: String,
+    admin_cert_pem: String,
+    admin_key_pem: String,
+    sa_key_pem: String,
+    sa_pub_pem: String,
+}
+
+impl Pki {
+    fn generate(opts: &ApiServerOptions) -> Pki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("strait-test-ca-{}", opts.tag));
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("self-signing the CA");
+
+        let mut names = vec![
+            opts.listen.to_string(),
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+            "kubernetes.default.svc.cluster.local".to_string(),
+        ];
+        if let Some(ip) = first_service_ip(&opts.service_cidr) {
+            names.push(ip.to_string());
+        }
+        names.dedup();
+        let serving_key = KeyPair::generate().expect("serving key");
+        let mut params = CertificateParams::new(names).expect("serving certificate params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serving = params
+            .signed_by(&serving_key, &ca)
+            .expect("signing the serving certificate");
+
+        let admin_key = KeyPair::generate().expect("admin key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("admin params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, ADMIN_USER);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin = params
+            .signed_by(&admin_key, &ca)
+            .expect("signing the admin certificate");
+
+        // Service-account tokens are signed with ES256 (P-256).
+        let sa = KeyPair::generate().expect("service-account key");
+        Pki {
+            serving_cert_pem: serving.pem(),
+            serving_key_pem: serving_key.serialize_pem(),
+            admin_cert_pem: admin.pem(),
+            admin_key_pem: admin_key.serialize_pem(),
+            sa_key_pem: sa.serialize_pem(),
+            sa_pub_pem: sa.public_key_pem(),
+            ca,
+        }
+    }
+
+    fn write(&self, dir: &Path) {
+        for (name, pem) in [
+            ("ca.crt", self.ca.pem()),
+            ("serving.crt", self.serving_cert_pem.clone()),
+            ("serving.key", self.serving_key_pem.clone()),
+            ("admin.crt", self.admin_cert_pem.clone()),
+            ("admin.key", self.admin_key_pem.clone()),
+            ("sa.key", self.sa_key_pem.clone()),
+            ("sa.pub", self.sa_pub_pem.clone()),
+        ] {
+            std::fs::write(dir.join(name), pem)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", dir.join(name).display()));
+        }
+    }
+}
+
+/// The first host address of an IPv4 CIDR (the `kubernetes` service's).
+fn first_service_ip(cidr: &str) -> Option<Ipv4Addr> {
+    let (net, _) = cidr.split_once('/')?;
+    let net: Ipv4Addr = net.parse().ok()?;
+    Some(Ipv4Addr::from(u32::from(net) + 1))
+}
