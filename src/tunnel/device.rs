@@ -5,8 +5,9 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,20 +17,33 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, TunnResult};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::allowed_ips::AllowedIps;
 use super::config::DeviceConfig;
 use super::key::Key;
+use super::offload::{self, TcpRun, VnetHdr, VNET_HDR_LEN};
 use super::packet::{classify_datagram, ip_addresses, peer_index_of, Datagram};
-use super::peer::{keepalive_due, Identity, Peer};
-use super::sys::{self, Wake};
+use super::peer::{keepalive_due, Identity, Peer, Session};
+use super::sys::{self, Interest, Received, Wake};
 use super::uapi::{DeviceReport, PeerReport, SetRequest};
 use super::udp::Listener;
 
 /// Room for the largest IP packet plus WireGuard's 32 bytes of framing.
 const BUFFER_LEN: usize = 65_536 + 32;
+/// What WireGuard adds to a packet: type, receiver, counter, AEAD tag.
+const DATA_OVERHEAD: usize = 32;
+/// The type byte of a transport data message.
+const DATA_MESSAGE: u8 = 4;
+/// The most bytes one UDP GSO send may carry (an IPv4 datagram's limit).
+const MAX_GSO_BYTES: usize = 65_535 - 20 - 8;
+/// Datagrams per UDP GSO send that every kernel with it accepts.
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Room for the longest handshake message `Tunn` may write instead.
+const HANDSHAKE_ROOM: usize = 148;
+/// The virtio header of a packet written whole, checksums complete.
+const PLAIN_VNET_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// How often peer timers run; WireGuard's own timers are in seconds.
 const TIMER_TICK: Duration = Duration::from_millis(100);
 /// Longest interface name Linux accepts (IFNAMSIZ less the NUL).
@@ -471,9 +485,9 @@ impl Shared {
         }
     }
 
-    /// Waits until `fd` is readable; false when the device is stopping.
-    fn wait_readable(&self, fd: i32) -> bool {
-        match sys::poll_two(fd, self.wake.fd()) {
+    /// Waits until `fd` is ready as asked; false when the device is stopping.
+    fn wait_for(&self, fd: i32, interest: Interest) -> bool {
+        match sys::poll_two(fd, interest, self.wake.fd()) {
             Ok(ready) => !ready.wake && !self.is_stopping(),
             Err(e) => {
                 tracing::error!(ifname = %self.name, error = %e, "poll failed");
@@ -483,13 +497,13 @@ impl Shared {
     }
 
     fn tun_loop(&self) {
-        let mut packet = vec![0u8; BUFFER_LEN];
-        let mut out = vec![0u8; BUFFER_LEN];
+        let mut read = vec![0u8; VNET_HDR_LEN + BUFFER_LEN];
+        let mut batch = SendBatch::new();
         while !self.is_stopping() {
-            let len = match (&self.tun).read(&mut packet) {
+            let len = match (&self.tun).read(&mut read) {
                 Ok(len) => len,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !self.wait_readable(self.tun.as_raw_fd()) {
+                    if !self.wait_for(self.tun.as_raw_fd(), Interest::Readable) {
                         return;
                     }
                     continue;
@@ -500,12 +514,18 @@ impl Shared {
                     return;
                 }
             };
-            self.send_from_tun(&packet[..len], &mut out);
+            self.send_from_tun(&mut read[..len], &mut batch);
         }
     }
 
-    /// Cryptokey routing: the peer owning the destination encrypts it.
-    fn send_from_tun(&self, packet: &[u8], out: &mut [u8]) {
+    /// Cryptokey routing: the peer owning the destination encrypts the
+    /// packet, or each segment of a super-packet, under one lock, and the
+    /// datagrams go out in one call.
+    fn send_from_tun(&self, read: &mut [u8], batch: &mut SendBatch) {
+        let Some(vnet) = VnetHdr::parse(read) else {
+            return;
+        };
+        let packet = &mut read[VNET_HDR_LEN..];
         let Some((_, destination)) = ip_addresses(packet) else {
             return;
         };
@@ -514,24 +534,76 @@ impl Shared {
             bump(&self.counters.no_route);
             return;
         };
-        let result = peer.session.lock().tunn.encapsulate(packet, out);
-        self.send_result(peer, result);
+        let mut session = peer.session.lock();
+        let split = offload::for_each_segment(&vnet, packet, |segment| {
+            let datagram_len = segment.len() + DATA_OVERHEAD;
+            if !batch.can_take(datagram_len) {
+                self.flush(batch, peer);
+            }
+            match session.tunn.encapsulate(segment, batch.room()) {
+                TunnResult::WriteToNetwork(datagram)
+                    if datagram.len() == datagram_len && datagram[0] == DATA_MESSAGE =>
+                {
+                    batch.commit(datagram_len)
+                }
+                // No session yet: the packet waits inside `Tunn` and this
+                // is the handshake initiation.
+                TunnResult::WriteToNetwork(handshake) => self.send_to_peer(peer, handshake),
+                TunnResult::Err(e) => tracing::debug!(ifname = %self.name, error = ?e, "peer"),
+                _ => {}
+            }
+        });
+        drop(session);
+        if let Err(e) = split {
+            tracing::debug!(ifname = %self.name, error = ?e, "TUN packet dropped");
+        }
+        self.flush(batch, peer);
+    }
+
+    /// Sends the batch to the peer's endpoint, waiting while the socket's
+    /// buffer is full rather than dropping a whole burst.
+    fn flush(&self, batch: &mut SendBatch, peer: &Peer) {
+        let (datagrams, stride, count) = batch.take();
+        if count == 0 {
+            return;
+        }
+        let Some(endpoint) = peer.endpoint() else {
+            self.counters
+                .no_endpoint
+                .fetch_add(count as u64, Ordering::Relaxed);
+            return;
+        };
+        let listener = self.listener.load();
+        let mut rest = datagrams;
+        while !rest.is_empty() {
+            match listener.send_segments(rest, stride, endpoint) {
+                Ok(sent) => rest = &rest[sent..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.wait_for(listener.socket().as_raw_fd(), Interest::Writable) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(ifname = %self.name, to = %endpoint, error = %e, "send failed");
+                    return;
+                }
+            }
+        }
     }
 
     fn udp_loop(&self) {
-        let mut datagram = vec![0u8; BUFFER_LEN];
-        let mut out = vec![0u8; BUFFER_LEN];
+        let mut inbound = Inbound::new();
         while !self.is_stopping() {
             let listener = self.listener.load_full();
             loop {
-                match listener.recv_from(&mut datagram) {
-                    Ok((0, _)) if self.listener_replaced(&listener) => break,
-                    Ok((len, from)) => self.receive(&datagram[..len], from, &mut out),
+                match listener.recv_segments(&mut inbound.datagrams) {
+                    Ok(received) if received.len == 0 && self.listener_replaced(&listener) => break,
+                    Ok(received) => self.receive(received, &mut inbound),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         if self.listener_replaced(&listener) {
                             break;
                         }
-                        if !self.wait_readable(listener.socket().as_raw_fd()) {
+                        if !self.wait_for(listener.socket().as_raw_fd(), Interest::Readable) {
                             return;
                         }
                     }
@@ -549,73 +621,116 @@ impl Shared {
         !Arc::ptr_eq(current, &self.listener.load())
     }
 
-    fn receive(&self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
-        let routing = self.routing.load();
-        let kind = classify_datagram(datagram);
-        let peer = match kind {
-            Datagram::Invalid => {
-                bump(&self.counters.invalid_datagrams);
-                return;
-            }
-            Datagram::HandshakeInitiation => match self.initiator(&routing, datagram, from, out) {
-                Some(peer) => peer,
-                None => return,
-            },
-            Datagram::HandshakeResponse { receiver }
-            | Datagram::CookieReply { receiver }
-            | Datagram::Data { receiver } => match routing.by_index.get(&peer_index_of(receiver)) {
-                Some(peer) => peer.clone(),
-                None => {
-                    bump(&self.counters.rejected_datagrams);
-                    return;
-                }
-            },
-        };
-
-        let mut session = peer.session.lock();
-        let authenticated = match session.tunn.decapsulate(Some(from.ip()), datagram, out) {
-            TunnResult::WriteToNetwork(reply) => {
-                self.send(reply, from);
-                // A completed handshake releases the packets queued for it.
-                while let TunnResult::WriteToNetwork(queued) =
-                    session.tunn.decapsulate(None, &[], out)
-                {
-                    self.send(queued, from);
-                }
-                true
-            }
-            TunnResult::WriteToTunnelV4(packet, source) => {
-                drop(session);
-                self.deliver(&routing, &peer, packet, source.into());
-                true
-            }
-            TunnResult::WriteToTunnelV6(packet, source) => {
-                drop(session);
-                self.deliver(&routing, &peer, packet, source.into());
-                true
-            }
-            // A keepalive is authenticated data; a cookie reply is not.
-            TunnResult::Done => matches!(kind, Datagram::Data { .. }),
-            TunnResult::Err(e) => {
-                tracing::trace!(ifname = %self.name, %from, error = ?e, "datagram rejected");
-                bump(&self.counters.rejected_datagrams);
-                false
-            }
-        };
-        if authenticated && peer.roam(from) {
-            tracing::info!(ifname = %self.name, peer = ?peer.public_key, endpoint = %from, "peer endpoint");
+    /// Authenticates and decrypts a datagram or a run of them (one sender),
+    /// taking each peer's session lock once for consecutive datagrams of
+    /// that peer, then hands what decrypted to the TUN.
+    fn receive(&self, received: Received, inbound: &mut Inbound) {
+        let Inbound {
+            datagrams,
+            plain,
+            control,
+            delivered,
+            headers,
+        } = inbound;
+        if received.len == 0 {
+            bump(&self.counters.invalid_datagrams);
+            return;
         }
+        let from = received.from;
+        let routing = self.routing.load();
+        let mut locked: Option<(&Arc<Peer>, MutexGuard<Session>)> = None;
+        let mut used = 0;
+        delivered.clear();
+        let segment = received.segment.unwrap_or(received.len);
+        for datagram in datagrams[..received.len].chunks(segment) {
+            let kind = classify_datagram(datagram);
+            let peer = match kind {
+                Datagram::Invalid => {
+                    bump(&self.counters.invalid_datagrams);
+                    continue;
+                }
+                Datagram::HandshakeInitiation => {
+                    match self.initiator(&routing, datagram, from, control) {
+                        Some(peer) => peer,
+                        None => continue,
+                    }
+                }
+                Datagram::HandshakeResponse { receiver }
+                | Datagram::CookieReply { receiver }
+                | Datagram::Data { receiver } => {
+                    match routing.by_index.get(&peer_index_of(receiver)) {
+                        Some(peer) => peer,
+                        None => {
+                            bump(&self.counters.rejected_datagrams);
+                            continue;
+                        }
+                    }
+                }
+            };
+            if !locked.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, peer)) {
+                // One session lock at a time.
+                drop(locked.take());
+                locked = Some((peer, peer.session.lock()));
+            }
+            let session = &mut locked.as_mut().expect("locked above").1;
+            // Data decrypts in place in the batch; handshakes use their own
+            // buffer, which their replies and released packets need whole.
+            let out = match kind {
+                Datagram::Data { .. } => &mut plain[used..],
+                _ => &mut control[..],
+            };
+            let authenticated = match session.tunn.decapsulate(Some(from.ip()), datagram, out) {
+                TunnResult::WriteToNetwork(reply) => {
+                    self.send(reply, from);
+                    // A completed handshake releases the packets queued for it.
+                    while let TunnResult::WriteToNetwork(queued) =
+                        session.tunn.decapsulate(None, &[], &mut control[..])
+                    {
+                        self.send(queued, from);
+                    }
+                    true
+                }
+                TunnResult::WriteToTunnelV4(packet, source) => {
+                    let len = packet.len();
+                    if self.source_allowed(&routing, peer, source.into()) {
+                        delivered.push(used..used + len);
+                        used += len;
+                    }
+                    true
+                }
+                TunnResult::WriteToTunnelV6(packet, source) => {
+                    let len = packet.len();
+                    if self.source_allowed(&routing, peer, source.into()) {
+                        delivered.push(used..used + len);
+                        used += len;
+                    }
+                    true
+                }
+                // A keepalive is authenticated data; a cookie reply is not.
+                TunnResult::Done => matches!(kind, Datagram::Data { .. }),
+                TunnResult::Err(e) => {
+                    tracing::trace!(ifname = %self.name, %from, error = ?e, "datagram rejected");
+                    bump(&self.counters.rejected_datagrams);
+                    false
+                }
+            };
+            if authenticated && peer.roam(from) {
+                tracing::info!(ifname = %self.name, peer = ?peer.public_key, endpoint = %from, "peer endpoint");
+            }
+        }
+        drop(locked);
+        self.write_to_tun(plain, delivered, headers);
     }
 
     /// The peer a handshake initiation comes from, after the cheap checks
     /// (MAC, load) that guard the Diffie-Hellman needed to find it.
-    fn initiator(
+    fn initiator<'r>(
         &self,
-        routing: &Routing,
+        routing: &'r Routing,
         datagram: &[u8],
         from: SocketAddr,
         out: &mut [u8],
-    ) -> Option<Arc<Peer>> {
+    ) -> Option<&'r Arc<Peer>> {
         let Some(identity) = &routing.identity else {
             bump(&self.counters.rejected_datagrams);
             return None;
@@ -642,29 +757,58 @@ impl Shared {
                 return None;
             }
         };
-        let peer = routing.by_key.get(&Key(half.peer_static_public)).cloned();
+        let peer = routing.by_key.get(&Key(half.peer_static_public));
         if peer.is_none() {
             bump(&self.counters.unknown_peer);
         }
         peer
     }
 
-    /// Writes a decrypted packet to the TUN if its source belongs to the
-    /// peer that sent it.
-    fn deliver(
-        &self,
-        routing: &Routing,
-        peer: &Arc<Peer>,
-        packet: &[u8],
-        source: std::net::IpAddr,
-    ) {
+    /// Whether `source` belongs to the peer that sent the packet.
+    fn source_allowed(&self, routing: &Routing, peer: &Arc<Peer>, source: IpAddr) -> bool {
         let owner = routing.allowed.lookup(source);
-        if !owner.is_some_and(|owner| Arc::ptr_eq(owner, peer)) {
+        let allowed = owner.is_some_and(|owner| Arc::ptr_eq(owner, peer));
+        if !allowed {
             bump(&self.counters.source_rejected);
-            return;
         }
-        if let Err(e) = (&self.tun).write(packet) {
-            tracing::debug!(ifname = %self.name, error = %e, "TUN write failed");
+        allowed
+    }
+
+    /// Writes decrypted packets to the TUN in order: consecutive segments
+    /// of one TCP flow as one super-packet, the rest one by one.
+    fn write_to_tun(&self, plain: &[u8], delivered: &[Range<usize>], headers: &mut [u8]) {
+        let mut next = 0;
+        while next < delivered.len() {
+            let mut iov = [IoSlice::new(&[]); offload::MAX_RUN_SEGMENTS + 1];
+            let head = &plain[delivered[next].clone()];
+            let mut count = 1;
+            let mut run = TcpRun::start(head);
+            if let Some(run) = run.as_mut() {
+                while next + count < delivered.len()
+                    && run.try_append(head, &plain[delivered[next + count].clone()])
+                {
+                    count += 1;
+                }
+            }
+            let iov = match run.filter(|_| count > 1) {
+                Some(run) => {
+                    let len = run.write_headers(head, headers);
+                    iov[0] = IoSlice::new(&headers[..len]);
+                    for (slot, range) in iov[1..].iter_mut().zip(&delivered[next..next + count]) {
+                        *slot = IoSlice::new(run.payload_of(&plain[range.clone()]));
+                    }
+                    &iov[..count + 1]
+                }
+                None => {
+                    iov[0] = IoSlice::new(&PLAIN_VNET_HDR);
+                    iov[1] = IoSlice::new(head);
+                    &iov[..2]
+                }
+            };
+            if let Err(e) = (&self.tun).write_vectored(iov) {
+                tracing::debug!(ifname = %self.name, error = %e, "TUN write failed");
+            }
+            next += count;
         }
     }
 
@@ -698,6 +842,91 @@ impl Shared {
                     self.send_result(peer, result);
                 }
             }
+        }
+    }
+}
+
+/// Encrypted datagrams for one peer laid back to back, to go out in one
+/// UDP GSO send: all of one size but the last, which may be shorter.
+struct SendBatch {
+    buf: Vec<u8>,
+    len: usize,
+    stride: usize,
+    count: usize,
+    /// A shorter datagram came: nothing may follow it.
+    closed: bool,
+}
+
+impl SendBatch {
+    fn new() -> SendBatch {
+        SendBatch {
+            buf: vec![0u8; BUFFER_LEN + HANDSHAKE_ROOM],
+            len: 0,
+            stride: 0,
+            count: 0,
+            closed: false,
+        }
+    }
+
+    /// Whether a datagram of `len` bytes may join; an empty batch takes
+    /// anything up to the largest packet.
+    fn can_take(&self, len: usize) -> bool {
+        self.count == 0
+            || (!self.closed
+                && len <= self.stride
+                && self.count < MAX_GSO_SEGMENTS
+                && self.len + len <= MAX_GSO_BYTES)
+    }
+
+    /// Where `Tunn` writes the next datagram.
+    fn room(&mut self) -> &mut [u8] {
+        &mut self.buf[self.len..]
+    }
+
+    /// Counts the datagram of `len` bytes just written at [`Self::room`].
+    fn commit(&mut self, len: usize) {
+        if self.count == 0 {
+            self.stride = len;
+        } else if len < self.stride {
+            self.closed = true;
+        }
+        self.len += len;
+        self.count += 1;
+    }
+
+    /// Empties the batch; returns (datagrams, stride, count).
+    fn take(&mut self) -> (&[u8], usize, usize) {
+        let taken = (&self.buf[..self.len], self.stride, self.count);
+        self.len = 0;
+        self.count = 0;
+        self.closed = false;
+        taken
+    }
+}
+
+/// The network-to-TUN thread's buffers, allocated once.
+struct Inbound {
+    /// What one receive returns: a datagram or a run of them.
+    datagrams: Vec<u8>,
+    /// The decrypted packets, back to back (each is 32 bytes shorter than
+    /// its datagram, so a batch always fits).
+    plain: Vec<u8>,
+    /// Handshake replies and the packets a handshake releases.
+    control: Vec<u8>,
+    /// Where each decrypted packet to deliver lies in `plain`.
+    delivered: Vec<Range<usize>>,
+    /// The virtio and IP/TCP headers of a coalesced packet.
+    headers: Vec<u8>,
+}
+
+impl Inbound {
+    fn new() -> Inbound {
+        Inbound {
+            datagrams: vec![0u8; BUFFER_LEN],
+            plain: vec![0u8; BUFFER_LEN],
+            control: vec![0u8; BUFFER_LEN],
+            delivered: Vec::with_capacity(2 * MAX_GSO_SEGMENTS),
+            headers: vec![0u8; VNET_HDR_LEN + 256],
         }
     }
 }
