@@ -496,31 +496,33 @@ impl Shared {
         }
     }
 
+    /// Reads what the TUN has queued, encrypting as it goes, and sends the
+    /// datagrams in batches: when a batch is full, when the next packet is
+    /// for another peer, and before waiting for more.
     fn tun_loop(&self) {
         let mut read = vec![0u8; VNET_HDR_LEN + BUFFER_LEN];
         let mut batch = SendBatch::new();
         while !self.is_stopping() {
-            let len = match (&self.tun).read(&mut read) {
-                Ok(len) => len,
+            match (&self.tun).read(&mut read) {
+                Ok(len) => self.send_from_tun(&mut read[..len], &mut batch),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.flush(&mut batch);
                     if !self.wait_for(self.tun.as_raw_fd(), Interest::Readable) {
                         return;
                     }
-                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::error!(ifname = %self.name, error = %e, "TUN interface gone");
                     return;
                 }
-            };
-            self.send_from_tun(&mut read[..len], &mut batch);
+            }
         }
     }
 
     /// Cryptokey routing: the peer owning the destination encrypts the
-    /// packet, or each segment of a super-packet, under one lock, and the
-    /// datagrams go out in one call.
+    /// packet, or each segment of a super-packet, under one lock, into the
+    /// batch.
     fn send_from_tun(&self, read: &mut [u8], batch: &mut SendBatch) {
         let Some(vnet) = VnetHdr::parse(read) else {
             return;
@@ -534,11 +536,15 @@ impl Shared {
             bump(&self.counters.no_route);
             return;
         };
+        if !batch.is_for(peer) {
+            self.flush(batch);
+            batch.peer = Some(peer.clone());
+        }
         let mut session = peer.session.lock();
         let split = offload::for_each_segment(&vnet, packet, |segment| {
             let datagram_len = segment.len() + DATA_OVERHEAD;
             if !batch.can_take(datagram_len) {
-                self.flush(batch, peer);
+                MutexGuard::unlocked(&mut session, || self.flush(batch));
             }
             match session.tunn.encapsulate(segment, batch.room()) {
                 TunnResult::WriteToNetwork(datagram)
@@ -557,26 +563,24 @@ impl Shared {
         if let Err(e) = split {
             tracing::debug!(ifname = %self.name, error = ?e, "TUN packet dropped");
         }
-        self.flush(batch, peer);
     }
 
-    /// Sends the batch to the peer's endpoint, waiting while the socket's
+    /// Sends the batch to its peer's endpoint, waiting while the socket's
     /// buffer is full rather than dropping a whole burst.
-    fn flush(&self, batch: &mut SendBatch, peer: &Peer) {
-        let (datagrams, stride, count) = batch.take();
-        if count == 0 {
+    fn flush(&self, batch: &mut SendBatch) {
+        let Some(out) = batch.take() else {
             return;
-        }
-        let Some(endpoint) = peer.endpoint() else {
+        };
+        let Some(endpoint) = out.peer.endpoint() else {
             self.counters
                 .no_endpoint
-                .fetch_add(count as u64, Ordering::Relaxed);
+                .fetch_add(out.count as u64, Ordering::Relaxed);
             return;
         };
         let listener = self.listener.load();
-        let mut rest = datagrams;
+        let mut rest = out.datagrams;
         while !rest.is_empty() {
-            match listener.send_segments(rest, stride, endpoint) {
+            match listener.send_segments(rest, out.stride, endpoint) {
                 Ok(sent) => rest = &rest[sent..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !self.wait_for(listener.socket().as_raw_fd(), Interest::Writable) {
@@ -855,6 +859,16 @@ struct SendBatch {
     count: usize,
     /// A shorter datagram came: nothing may follow it.
     closed: bool,
+    /// Whom the datagrams are for.
+    peer: Option<Arc<Peer>>,
+}
+
+/// What a flushed [`SendBatch`] sends.
+struct Outgoing<'a> {
+    datagrams: &'a [u8],
+    stride: usize,
+    count: usize,
+    peer: &'a Peer,
 }
 
 impl SendBatch {
@@ -865,7 +879,12 @@ impl SendBatch {
             stride: 0,
             count: 0,
             closed: false,
+            peer: None,
         }
+    }
+
+    fn is_for(&self, peer: &Arc<Peer>) -> bool {
+        self.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer))
     }
 
     /// Whether a datagram of `len` bytes may join; an empty batch takes
@@ -894,13 +913,17 @@ impl SendBatch {
         self.count += 1;
     }
 
-    /// Empties the batch; returns (datagrams, stride, count).
-    fn take(&mut self) -> (&[u8], usize, usize) {
-        let taken = (&self.buf[..self.len], self.stride, self.count);
-        self.len = 0;
-        self.count = 0;
+    /// Empties the batch, returning what it held (nothing if empty).
+    fn take(&mut self) -> Option<Outgoing<'_>> {
+        let count = std::mem::take(&mut self.count);
+        let len = std::mem::take(&mut self.len);
         self.closed = false;
-        taken
+        Some(Outgoing {
+            datagrams: &self.buf[..len],
+            stride: self.stride,
+            count,
+            peer: self.peer.as_deref().filter(|_| count > 0)?,
+        })
     }
 }
 
