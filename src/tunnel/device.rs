@@ -1,6 +1,6 @@
 //! The WireGuard device: a TUN interface, a UDP listen socket and the
-//! peers, moved between by three threads (TUN to network, network to TUN,
-//! timers). Configuration comes through [`Device::set`], the same request
+//! peers, served by two threads: one moves packets both ways, one runs the
+//! peers' timers. Configuration comes through [`Device::set`], the same request
 //! the UAPI carries, so the gateway and `wg set` drive it alike.
 
 use std::collections::HashMap;
@@ -42,6 +42,8 @@ const MAX_GSO_BYTES: usize = 65_535 - 20 - 8;
 const MAX_GSO_SEGMENTS: usize = 64;
 /// Room for the longest handshake message `Tunn` may write instead.
 const HANDSHAKE_ROOM: usize = 148;
+/// Reads from one side before the packet thread turns to the other.
+const BURST: usize = 16;
 /// The virtio header of a packet written whole, checksums complete.
 const PLAIN_VNET_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// How often peer timers run; WireGuard's own timers are in seconds.
@@ -227,9 +229,8 @@ impl Device {
             threads: Mutex::new(Vec::new()),
         };
         type Loop = fn(&Shared);
-        let loops: [(&str, Loop); 3] = [
-            ("tun", Shared::tun_loop),
-            ("udp", Shared::udp_loop),
+        let loops: [(&str, Loop); 2] = [
+            ("packets", Shared::packet_loop),
             ("timers", Shared::timer_loop),
         ];
         for (role, run) in loops {
@@ -485,10 +486,11 @@ impl Shared {
         }
     }
 
-    /// Waits until `fd` is ready as asked; false when the device is stopping.
-    fn wait_for(&self, fd: i32, interest: Interest) -> bool {
-        match sys::poll_two(fd, interest, self.wake.fd()) {
-            Ok(ready) => !ready.wake && !self.is_stopping(),
+    /// Waits until one of `fds` is ready as asked; false when the device is
+    /// stopping.
+    fn wait_for(&self, fds: &[(i32, Interest)]) -> bool {
+        match sys::wait(fds, self.wake.fd()) {
+            Ok(woken) => !woken && !self.is_stopping(),
             Err(e) => {
                 tracing::error!(ifname = %self.name, error = %e, "poll failed");
                 false
@@ -496,28 +498,79 @@ impl Shared {
         }
     }
 
-    /// Reads what the TUN has queued, encrypting as it goes, and sends the
-    /// datagrams in batches: when a batch is full, when the next packet is
-    /// for another peer, and before waiting for more.
-    fn tun_loop(&self) {
+    /// Moves packets both ways on one thread: what the TUN has, then what
+    /// the socket has, a burst of each in turn, and waits on both when
+    /// neither has more. A reply the kernel makes to a packet written to
+    /// the TUN is sent without waking another thread, and no lock is ever
+    /// contended between the directions.
+    fn packet_loop(&self) {
         let mut read = vec![0u8; VNET_HDR_LEN + BUFFER_LEN];
         let mut batch = SendBatch::new();
+        let mut inbound = Inbound::new();
+        let mut listener = self.listener.load_full();
         while !self.is_stopping() {
-            match (&self.tun).read(&mut read) {
-                Ok(len) => self.send_from_tun(&mut read[..len], &mut batch),
+            if self.listener_replaced(&listener) {
+                listener = self.listener.load_full();
+            }
+            let tun = match self.drain_tun(&mut read, &mut batch) {
+                Some(drained) => drained,
+                None => return,
+            };
+            let udp = self.drain_udp(&listener, &mut inbound);
+            if tun == Drained::More || udp == Drained::More || self.listener_replaced(&listener) {
+                continue;
+            }
+            let socket = listener.socket().as_raw_fd();
+            let both = [
+                (self.tun.as_raw_fd(), Interest::Readable),
+                (socket, Interest::Readable),
+            ];
+            if !self.wait_for(&both) {
+                return;
+            }
+        }
+    }
+
+    /// Reads and encrypts up to a burst of what the TUN has queued and sends
+    /// it in batches; `None` when the TUN is gone.
+    fn drain_tun(&self, read: &mut [u8], batch: &mut SendBatch) -> Option<Drained> {
+        let mut drained = Drained::More;
+        for _ in 0..BURST {
+            match (&self.tun).read(read) {
+                Ok(len) => self.send_from_tun(&mut read[..len], batch),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.flush(&mut batch);
-                    if !self.wait_for(self.tun.as_raw_fd(), Interest::Readable) {
-                        return;
-                    }
+                    drained = Drained::Empty;
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::error!(ifname = %self.name, error = %e, "TUN interface gone");
-                    return;
+                    return None;
                 }
             }
         }
+        self.flush(batch);
+        Some(drained)
+    }
+
+    /// Receives and decrypts up to a burst of what the socket has queued.
+    fn drain_udp(&self, listener: &Listener, inbound: &mut Inbound) -> Drained {
+        for _ in 0..BURST {
+            match listener.recv_segments(&mut inbound.datagrams) {
+                // A replaced socket is shut down: it reads as empty.
+                Ok(received) if received.len == 0 && self.listener_replaced(listener) => {
+                    return Drained::Empty
+                }
+                Ok(received) => self.receive(received, inbound),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::Empty,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here; the
+                    // socket is still good.
+                    tracing::trace!(ifname = %self.name, error = %e, "recv");
+                }
+            }
+        }
+        Drained::More
     }
 
     /// Cryptokey routing: the peer owning the destination encrypts the
@@ -583,7 +636,8 @@ impl Shared {
             match listener.send_segments(rest, out.stride, endpoint) {
                 Ok(sent) => rest = &rest[sent..],
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !self.wait_for(listener.socket().as_raw_fd(), Interest::Writable) {
+                    let socket = listener.socket().as_raw_fd();
+                    if !self.wait_for(&[(socket, Interest::Writable)]) {
                         return;
                     }
                 }
@@ -595,34 +649,8 @@ impl Shared {
         }
     }
 
-    fn udp_loop(&self) {
-        let mut inbound = Inbound::new();
-        while !self.is_stopping() {
-            let listener = self.listener.load_full();
-            loop {
-                match listener.recv_segments(&mut inbound.datagrams) {
-                    Ok(received) if received.len == 0 && self.listener_replaced(&listener) => break,
-                    Ok(received) => self.receive(received, &mut inbound),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if self.listener_replaced(&listener) {
-                            break;
-                        }
-                        if !self.wait_for(listener.socket().as_raw_fd(), Interest::Readable) {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        // ICMP errors from earlier sends surface here; the
-                        // socket is still good.
-                        tracing::trace!(ifname = %self.name, error = %e, "recv");
-                    }
-                }
-            }
-        }
-    }
-
-    fn listener_replaced(&self, current: &Arc<Listener>) -> bool {
-        !Arc::ptr_eq(current, &self.listener.load())
+    fn listener_replaced(&self, current: &Listener) -> bool {
+        !std::ptr::eq(current, &**self.listener.load())
     }
 
     /// Authenticates and decrypts a datagram or a run of them (one sender),
@@ -848,6 +876,13 @@ impl Shared {
             }
         }
     }
+}
+
+/// Whether a side of the packet thread has more queued than it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    Empty,
+    More,
 }
 
 /// Encrypted datagrams for one peer laid back to back, to go out in one

@@ -208,47 +208,40 @@ pub fn recv_segments(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received>
     })
 }
 
-/// Which of the two descriptors handed to [`poll_two`] became ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ready {
-    pub data: bool,
-    pub wake: bool,
-}
-
-/// What [`poll_two`] waits for on its data descriptor.
+/// What [`wait`] waits for on a descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interest {
     Readable,
     Writable,
 }
 
-/// Blocks until `data` is ready as asked (or hung up) or `wake` is
-/// signalled.
-pub fn poll_two(data: RawFd, interest: Interest, wake: RawFd) -> io::Result<Ready> {
-    let events = match interest {
-        Interest::Readable => libc::POLLIN,
-        Interest::Writable => libc::POLLOUT,
+/// Most descriptors [`wait`] takes besides the wake-up.
+const MAX_WAIT_FDS: usize = 3;
+
+/// Blocks until one of `fds` is ready as asked (or hung up) or `wake` is
+/// signalled; returns whether `wake` was.
+pub fn wait(fds: &[(RawFd, Interest)], wake: RawFd) -> io::Result<bool> {
+    assert!(fds.len() <= MAX_WAIT_FDS);
+    let pollfd = |fd, events| libc::pollfd {
+        fd,
+        events,
+        revents: 0,
     };
-    let mut fds = [
-        libc::pollfd {
-            fd: data,
-            events,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
+    let mut polled = [pollfd(-1, 0); MAX_WAIT_FDS + 1];
+    polled[0] = pollfd(wake, libc::POLLIN);
+    for (slot, &(fd, interest)) in polled[1..].iter_mut().zip(fds) {
+        let events = match interest {
+            Interest::Readable => libc::POLLIN,
+            Interest::Writable => libc::POLLOUT,
+        };
+        *slot = pollfd(fd, events);
+    }
+    let polled = &mut polled[..fds.len() + 1];
     loop {
-        // SAFETY: `fds` is a valid array of two pollfd for the whole call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        // SAFETY: `polled` is a valid array of pollfd for the whole call.
+        let rc = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
         if rc >= 0 {
-            return Ok(Ready {
-                data: fds[0].revents != 0,
-                wake: fds[1].revents != 0,
-            });
+            return Ok(polled[0].revents != 0);
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
