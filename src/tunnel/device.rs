@@ -690,7 +690,13 @@ impl Shared {
                 Datagram::HandshakeResponse { receiver }
                 | Datagram::CookieReply { receiver }
                 | Datagram::Data { receiver } => {
-                    match routing.by_index.get(&peer_index_of(receiver)) {
+                    let index = peer_index_of(receiver);
+                    // A run of datagrams is nearly always one peer's.
+                    let current = locked.as_ref().map(|(peer, _)| *peer);
+                    match current
+                        .filter(|peer| peer.index == index)
+                        .or_else(|| routing.by_index.get(&index))
+                    {
                         Some(peer) => peer,
                         None => {
                             bump(&self.counters.rejected_datagrams);

@@ -89,19 +89,25 @@ pub enum Malformed {
     Unsupported,
 }
 
-/// Internet checksum arithmetic (RFC 1071): a 64-bit accumulator of
-/// big-endian words, folded to 16 bits at the end.
-pub fn sum_bytes(data: &[u8], mut acc: u64) -> u64 {
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let x = u64::from_be_bytes(c.try_into().unwrap());
-        acc += (x >> 32) + (x & 0xffff_ffff);
+/// Internet checksum arithmetic (RFC 1071): 32-bit big-endian words added
+/// into 64-bit accumulators (four of them, independent, so the additions
+/// run in parallel), folded to 16 bits at the end.
+pub fn sum_bytes(data: &[u8], acc: u64) -> u64 {
+    let word = |w: &[u8]| u64::from(u32::from_be_bytes(w.try_into().unwrap()));
+    let mut lanes = [acc, 0, 0, 0];
+    let mut blocks = data.chunks_exact(16);
+    for block in &mut blocks {
+        for (lane, w) in lanes.iter_mut().zip(block.chunks_exact(4)) {
+            *lane += word(w);
+        }
     }
-    let rest = chunks.remainder();
-    let mut tail = [0u8; 8];
+    let mut words = blocks.remainder().chunks_exact(4);
+    let mut sum: u64 = lanes.iter().sum::<u64>() + (&mut words).map(word).sum::<u64>();
+    let rest = words.remainder();
+    let mut tail = [0u8; 4];
     tail[..rest.len()].copy_from_slice(rest);
-    let x = u64::from_be_bytes(tail);
-    acc + (x >> 32) + (x & 0xffff_ffff)
+    sum += word(&tail);
+    sum
 }
 
 pub fn fold(mut acc: u64) -> u16 {
@@ -582,6 +588,22 @@ mod tests {
         assert_eq!(!fold(sum_bytes(&header, 0)), 0xb861);
         // Odd lengths pad with a zero byte.
         assert_eq!(fold(sum_bytes(&[0x01, 0x02, 0x03], 0)), 0x0402);
+    }
+
+    #[test]
+    fn checksum_agrees_with_summing_16_bit_words() {
+        let data = payload(1500);
+        for len in (0..70).chain([1419, 1420, 1500]) {
+            let by_words: u64 = data[..len]
+                .chunks(2)
+                .map(|w| u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+                .sum();
+            assert_eq!(
+                fold(sum_bytes(&data[..len], 7)),
+                fold(by_words + 7),
+                "{len}"
+            );
+        }
     }
 
     fn check_tcp_segmentation(v6: bool) {
