@@ -11,10 +11,15 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use socket2::SockAddr;
 
+use super::offload::VNET_HDR_LEN;
+
 /// `_IOW('T', 202, int)` from linux/if_tun.h.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// `_IOW('T', 208, unsigned int)`.
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `_IOW('T', 216, int)`: the header length, set in case a persistent
+/// interface was left with another.
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
 /// Every packet read or written starts with a `struct virtio_net_hdr`.
@@ -61,9 +66,17 @@ pub fn open_tun(name: &str) -> io::Result<File> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
+    let header_len = VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
+    // points to `header_len`.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &header_len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
     let tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
-    // Kernels before 6.2 refuse the USO flags: then TCP offloads only.
-    set_offload(&file, tcp | TUN_F_USO4 | TUN_F_USO6).or_else(|_| set_offload(&file, tcp))?;
+    // Kernels before 6.2 refuse the USO flags: then TCP offloads only;
+    // without any, packets still come whole, behind a header saying so.
+    let _ = set_offload(&file, tcp | TUN_F_USO4 | TUN_F_USO6).or_else(|_| set_offload(&file, tcp));
     Ok(file)
 }
 
