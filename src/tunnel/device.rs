@@ -711,13 +711,19 @@ impl Shared {
                 locked = Some((peer, peer.session.lock()));
             }
             let session = &mut locked.as_mut().expect("locked above").1;
-            // Data decrypts in place in the batch; handshakes use their own
-            // buffer, which their replies and released packets need whole.
+            // Data decrypts into the plaintext buffer, packets back to back;
+            // handshakes use their own buffer, which their replies and the
+            // packets they release need whole.
             let out = match kind {
                 Datagram::Data { .. } => &mut plain[used..],
                 _ => &mut control[..],
             };
-            let authenticated = match session.tunn.decapsulate(Some(from.ip()), datagram, out) {
+            // (authenticated, length and source of a decrypted packet)
+            let (authenticated, decrypted) = match session.tunn.decapsulate(
+                Some(from.ip()),
+                datagram,
+                out,
+            ) {
                 TunnResult::WriteToNetwork(reply) => {
                     self.send(reply, from);
                     // A completed handshake releases the packets queued for it.
@@ -726,32 +732,28 @@ impl Shared {
                     {
                         self.send(queued, from);
                     }
-                    true
+                    (true, None)
                 }
                 TunnResult::WriteToTunnelV4(packet, source) => {
-                    let len = packet.len();
-                    if self.source_allowed(&routing, peer, source.into()) {
-                        delivered.push(used..used + len);
-                        used += len;
-                    }
-                    true
+                    (true, Some((packet.len(), IpAddr::from(source))))
                 }
                 TunnResult::WriteToTunnelV6(packet, source) => {
-                    let len = packet.len();
-                    if self.source_allowed(&routing, peer, source.into()) {
-                        delivered.push(used..used + len);
-                        used += len;
-                    }
-                    true
+                    (true, Some((packet.len(), IpAddr::from(source))))
                 }
                 // A keepalive is authenticated data; a cookie reply is not.
-                TunnResult::Done => matches!(kind, Datagram::Data { .. }),
+                TunnResult::Done => (matches!(kind, Datagram::Data { .. }), None),
                 TunnResult::Err(e) => {
                     tracing::trace!(ifname = %self.name, %from, error = ?e, "datagram rejected");
                     bump(&self.counters.rejected_datagrams);
-                    false
+                    (false, None)
                 }
             };
+            if let Some((len, source)) = decrypted {
+                if self.source_allowed(&routing, peer, source) {
+                    delivered.push(used..used + len);
+                    used += len;
+                }
+            }
             if authenticated && peer.roam(from) {
                 tracing::info!(ifname = %self.name, peer = ?peer.public_key, endpoint = %from, "peer endpoint");
             }
