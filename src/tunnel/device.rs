@@ -1012,6 +1012,58 @@ fn next_free_index(next: &mut u32, peers: &HashMap<Key, Arc<Peer>>) -> u32 {
 mod tests {
     use super::*;
 
+    /// Lays datagrams of `lens` bytes into a batch the way the packet
+    /// thread does (without encrypting), flushing when it must; returns
+    /// (stride, count) of each send.
+    fn batches(lens: &[usize]) -> Vec<(usize, usize)> {
+        let mut batch = SendBatch::new();
+        let peer = Arc::new(Peer::new(
+            &Identity::new(Key([1; 32])),
+            Key([2; 32]),
+            None,
+            1,
+        ));
+        batch.peer = Some(peer);
+        let mut sent = Vec::new();
+        let mut flush = |batch: &mut SendBatch| {
+            if let Some(out) = batch.take() {
+                assert!(out.datagrams.len() <= MAX_GSO_BYTES || out.count == 1);
+                sent.push((out.stride, out.count));
+            }
+        };
+        for &len in lens {
+            if !batch.can_take(len) {
+                flush(&mut batch);
+            }
+            assert!(batch.room().len() >= len.max(HANDSHAKE_ROOM));
+            batch.commit(len);
+        }
+        flush(&mut batch);
+        sent
+    }
+
+    #[test]
+    fn send_batches_hold_one_size_then_at_most_one_shorter() {
+        // A TSO packet of 48 full segments and a short tail: 45 fit the
+        // 64 KB a send may carry.
+        let mut lens = vec![1452; 48];
+        lens.push(700);
+        assert_eq!(batches(&lens), [(1452, 45), (1452, 4)]);
+        // A shorter datagram closes the batch; a longer one starts anew.
+        assert_eq!(
+            batches(&[84, 84, 60, 84, 1452, 84]),
+            [(84, 3), (84, 1), (1452, 2)]
+        );
+        // Small datagrams: at most 64 per send.
+        assert_eq!(batches(&[84; 100]), [(84, 64), (84, 36)]);
+        // The largest datagram goes alone.
+        let largest = BUFFER_LEN - 1;
+        assert_eq!(
+            batches(&[84, largest, 84]),
+            [(84, 1), (largest, 1), (84, 1)]
+        );
+    }
+
     #[test]
     fn interface_names() {
         assert!(validate_name("wg0").is_ok());

@@ -92,7 +92,7 @@ pub enum Malformed {
 /// Internet checksum arithmetic (RFC 1071): 32-bit big-endian words added
 /// into 64-bit accumulators (four of them, independent, so the additions
 /// run in parallel), folded to 16 bits at the end.
-pub fn sum_bytes(data: &[u8], acc: u64) -> u64 {
+fn sum_bytes(data: &[u8], acc: u64) -> u64 {
     let word = |w: &[u8]| u64::from(u32::from_be_bytes(w.try_into().unwrap()));
     let mut lanes = [acc, 0, 0, 0];
     let mut blocks = data.chunks_exact(16);
@@ -110,7 +110,7 @@ pub fn sum_bytes(data: &[u8], acc: u64) -> u64 {
     sum
 }
 
-pub fn fold(mut acc: u64) -> u16 {
+fn fold(mut acc: u64) -> u16 {
     while acc >> 16 != 0 {
         acc = (acc & 0xffff) + (acc >> 16);
     }
