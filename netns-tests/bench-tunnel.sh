@@ -13,7 +13,8 @@
 # (/usr/bin/wireguard-go), BORINGTUN_CLI (boringtun-cli on PATH or
 # /opt/strait-peers/bin/boringtun-cli; its row is skipped when absent),
 # BENCH_OUTPUT (BENCHMARKS.md at the repo root), BENCH_LOG_DIR (keep the
-# daemons' logs there; by default they are deleted).
+# daemons' logs there; by default they are deleted), BENCH_PATHS (measure
+# only these of "veth wggo btcli strait", for quick comparisons).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -107,6 +108,11 @@ else
     NOTES[btcli]="boringtun-cli skipped: not found (set BORINGTUN_CLI or cargo install boringtun-cli)"
 fi
 PATHS+=(strait)
+if [[ -n ${BENCH_PATHS:-} ]]; then
+    wanted=()
+    for p in "${PATHS[@]}"; do [[ " $BENCH_PATHS " == *" $p "* ]] && wanted+=("$p"); done
+    PATHS=("${wanted[@]}")
+fi
 STRAIT_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 LABEL[strait]="strait ($STRAIT_REV)"
 for p in "${!NOTES[@]}"; do log "${NOTES[$p]}"; done

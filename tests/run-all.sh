@@ -13,7 +13,7 @@ fi
 step() { printf '\n== %s\n' "$*"; }
 
 step "installing test dependencies (Debian packages)"
-packages=(iproute2 nftables wireguard-tools wireguard-go iperf3 iputils-ping tcpdump util-linux procps curl)
+packages=(iproute2 nftables wireguard-tools wireguard-go iperf3 iputils-ping tcpdump util-linux procps curl ethtool coreutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,12 +1,13 @@
 //! The WireGuard device: a TUN interface, a UDP listen socket and the
-//! peers, moved between by three threads (TUN to network, network to TUN,
-//! timers). Configuration comes through [`Device::set`], the same request
+//! peers, served by two threads: one moves packets both ways, one runs the
+//! peers' timers. Configuration comes through [`Device::set`], the same request
 //! the UAPI carries, so the gateway and `wg set` drive it alike.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,20 +17,35 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, TunnResult};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::allowed_ips::AllowedIps;
 use super::config::DeviceConfig;
 use super::key::Key;
+use super::offload::{self, TcpRun, VnetHdr, VNET_HDR_LEN};
 use super::packet::{classify_datagram, ip_addresses, peer_index_of, Datagram};
-use super::peer::{keepalive_due, Identity, Peer};
-use super::sys::{self, Wake};
+use super::peer::{keepalive_due, Identity, Peer, Session};
+use super::sys::{self, Interest, Received, Wake};
 use super::uapi::{DeviceReport, PeerReport, SetRequest};
 use super::udp::Listener;
 
 /// Room for the largest IP packet plus WireGuard's 32 bytes of framing.
 const BUFFER_LEN: usize = 65_536 + 32;
+/// What WireGuard adds to a packet: type, receiver, counter, AEAD tag.
+const DATA_OVERHEAD: usize = 32;
+/// The type byte of a transport data message.
+const DATA_MESSAGE: u8 = 4;
+/// The most bytes one UDP GSO send may carry (an IPv4 datagram's limit).
+const MAX_GSO_BYTES: usize = 65_535 - 20 - 8;
+/// Datagrams per UDP GSO send that every kernel with it accepts.
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Room for the longest handshake message `Tunn` may write instead.
+const HANDSHAKE_ROOM: usize = 148;
+/// Reads from one side before the packet thread turns to the other.
+const BURST: usize = 16;
+/// The virtio header of a packet written whole, checksums complete.
+const PLAIN_VNET_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// How often peer timers run; WireGuard's own timers are in seconds.
 const TIMER_TICK: Duration = Duration::from_millis(100);
 /// Longest interface name Linux accepts (IFNAMSIZ less the NUL).
@@ -213,9 +229,8 @@ impl Device {
             threads: Mutex::new(Vec::new()),
         };
         type Loop = fn(&Shared);
-        let loops: [(&str, Loop); 3] = [
-            ("tun", Shared::tun_loop),
-            ("udp", Shared::udp_loop),
+        let loops: [(&str, Loop); 2] = [
+            ("packets", Shared::packet_loop),
             ("timers", Shared::timer_loop),
         ];
         for (role, run) in loops {
@@ -476,10 +491,11 @@ impl Shared {
         }
     }
 
-    /// Waits until `fd` is readable; false when the device is stopping.
-    fn wait_readable(&self, fd: i32) -> bool {
-        match sys::poll_two(fd, self.wake.fd()) {
-            Ok(ready) => !ready.wake && !self.is_stopping(),
+    /// Waits until one of `fds` is ready as asked; false when the device is
+    /// stopping.
+    fn wait_for(&self, fds: &[(i32, Interest)]) -> bool {
+        match sys::wait(fds, self.wake.fd()) {
+            Ok(woken) => !woken && !self.is_stopping(),
             Err(e) => {
                 tracing::error!(ifname = %self.name, error = %e, "poll failed");
                 false
@@ -487,30 +503,89 @@ impl Shared {
         }
     }
 
-    fn tun_loop(&self) {
-        let mut packet = vec![0u8; BUFFER_LEN];
-        let mut out = vec![0u8; BUFFER_LEN];
+    /// Moves packets both ways on one thread: what the TUN has, then what
+    /// the socket has, a burst of each in turn, and waits on both when
+    /// neither has more. A reply the kernel makes to a packet written to
+    /// the TUN is sent without waking another thread, and no lock is ever
+    /// contended between the directions.
+    fn packet_loop(&self) {
+        let mut read = vec![0u8; VNET_HDR_LEN + BUFFER_LEN];
+        let mut batch = SendBatch::new();
+        let mut inbound = Inbound::new();
+        let mut listener = self.listener.load_full();
         while !self.is_stopping() {
-            let len = match (&self.tun).read(&mut packet) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !self.wait_readable(self.tun.as_raw_fd()) {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(ifname = %self.name, error = %e, "TUN interface gone");
-                    return;
-                }
+            if self.listener_replaced(&listener) {
+                listener = self.listener.load_full();
+            }
+            let tun = match self.drain_tun(&mut read, &mut batch) {
+                Some(drained) => drained,
+                None => return,
             };
-            self.send_from_tun(&packet[..len], &mut out);
+            let udp = self.drain_udp(&listener, &mut inbound);
+            if tun == Drained::More || udp == Drained::More || self.listener_replaced(&listener) {
+                continue;
+            }
+            let socket = listener.socket().as_raw_fd();
+            let both = [
+                (self.tun.as_raw_fd(), Interest::Readable),
+                (socket, Interest::Readable),
+            ];
+            if !self.wait_for(&both) {
+                return;
+            }
         }
     }
 
-    /// Cryptokey routing: the peer owning the destination encrypts it.
-    fn send_from_tun(&self, packet: &[u8], out: &mut [u8]) {
+    /// Reads and encrypts up to a burst of what the TUN has queued and sends
+    /// it in batches; `None` when the TUN is gone.
+    fn drain_tun(&self, read: &mut [u8], batch: &mut SendBatch) -> Option<Drained> {
+        let mut drained = Drained::More;
+        for _ in 0..BURST {
+            match (&self.tun).read(read) {
+                Ok(len) => self.send_from_tun(&mut read[..len], batch),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    drained = Drained::Empty;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!(ifname = %self.name, error = %e, "TUN interface gone");
+                    return None;
+                }
+            }
+        }
+        self.flush(batch);
+        Some(drained)
+    }
+
+    /// Receives and decrypts up to a burst of what the socket has queued.
+    fn drain_udp(&self, listener: &Listener, inbound: &mut Inbound) -> Drained {
+        for _ in 0..BURST {
+            match listener.recv_segments(&mut inbound.datagrams) {
+                // A replaced socket is shut down: it reads as empty.
+                Ok(received) if received.len == 0 && self.listener_replaced(listener) => {
+                    return Drained::Empty
+                }
+                Ok(received) => self.receive(received, inbound),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::Empty,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here; the
+                    // socket is still good.
+                    tracing::trace!(ifname = %self.name, error = %e, "recv");
+                }
+            }
+        }
+        Drained::More
+    }
+
+    /// Cryptokey routing: the peer owning the destination encrypts the
+    /// packet, or each segment of a super-packet, under one lock, into the
+    /// batch.
+    fn send_from_tun(&self, read: &mut [u8], batch: &mut SendBatch) {
+        let Some(vnet) = VnetHdr::parse(read) else {
+            return;
+        };
+        let packet = &mut read[VNET_HDR_LEN..];
         let Some((_, destination)) = ip_addresses(packet) else {
             return;
         };
@@ -519,108 +594,188 @@ impl Shared {
             bump(&self.counters.no_route);
             return;
         };
-        let result = peer.session.lock().tunn.encapsulate(packet, out);
-        self.send_result(peer, result);
-    }
-
-    fn udp_loop(&self) {
-        let mut datagram = vec![0u8; BUFFER_LEN];
-        let mut out = vec![0u8; BUFFER_LEN];
-        while !self.is_stopping() {
-            let listener = self.listener.load_full();
-            loop {
-                match listener.recv_from(&mut datagram) {
-                    Ok((0, _)) if self.listener_replaced(&listener) => break,
-                    Ok((len, from)) => self.receive(&datagram[..len], from, &mut out),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if self.listener_replaced(&listener) {
-                            break;
-                        }
-                        if !self.wait_readable(listener.socket().as_raw_fd()) {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        // ICMP errors from earlier sends surface here; the
-                        // socket is still good.
-                        tracing::trace!(ifname = %self.name, error = %e, "recv");
-                    }
-                }
+        if !batch.is_for(peer) {
+            self.flush(batch);
+            batch.peer = Some(peer.clone());
+        }
+        let mut session = peer.session.lock();
+        let split = offload::for_each_segment(&vnet, packet, |segment| {
+            let datagram_len = segment.len() + DATA_OVERHEAD;
+            if !batch.can_take(datagram_len) {
+                MutexGuard::unlocked(&mut session, || self.flush(batch));
             }
+            match session.tunn.encapsulate(segment, batch.room()) {
+                TunnResult::WriteToNetwork(datagram)
+                    if datagram.len() == datagram_len && datagram[0] == DATA_MESSAGE =>
+                {
+                    batch.commit(datagram_len)
+                }
+                // No session yet: the packet waits inside `Tunn` and this
+                // is the handshake initiation.
+                TunnResult::WriteToNetwork(handshake) => self.send_to_peer(peer, handshake),
+                TunnResult::Err(e) => tracing::debug!(ifname = %self.name, error = ?e, "peer"),
+                _ => {}
+            }
+        });
+        drop(session);
+        if let Err(e) = split {
+            tracing::debug!(ifname = %self.name, error = ?e, "TUN packet dropped");
         }
     }
 
-    fn listener_replaced(&self, current: &Arc<Listener>) -> bool {
-        !Arc::ptr_eq(current, &self.listener.load())
-    }
-
-    fn receive(&self, datagram: &[u8], from: SocketAddr, out: &mut [u8]) {
-        let routing = self.routing.load();
-        let kind = classify_datagram(datagram);
-        let peer = match kind {
-            Datagram::Invalid => {
-                bump(&self.counters.invalid_datagrams);
-                return;
-            }
-            Datagram::HandshakeInitiation => match self.initiator(&routing, datagram, from, out) {
-                Some(peer) => peer,
-                None => return,
-            },
-            Datagram::HandshakeResponse { receiver }
-            | Datagram::CookieReply { receiver }
-            | Datagram::Data { receiver } => match routing.by_index.get(&peer_index_of(receiver)) {
-                Some(peer) => peer.clone(),
-                None => {
-                    bump(&self.counters.rejected_datagrams);
+    /// Sends the batch to its peer's endpoint, waiting while the socket's
+    /// buffer is full rather than dropping a whole burst.
+    fn flush(&self, batch: &mut SendBatch) {
+        let Some(out) = batch.take() else {
+            return;
+        };
+        let Some(endpoint) = out.peer.endpoint() else {
+            self.counters
+                .no_endpoint
+                .fetch_add(out.count as u64, Ordering::Relaxed);
+            return;
+        };
+        let listener = self.listener.load();
+        let mut rest = out.datagrams;
+        while !rest.is_empty() {
+            match listener.send_segments(rest, out.stride, endpoint) {
+                Ok(sent) => rest = &rest[sent..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let socket = listener.socket().as_raw_fd();
+                    if !self.wait_for(&[(socket, Interest::Writable)]) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(ifname = %self.name, to = %endpoint, error = %e, "send failed");
                     return;
                 }
-            },
-        };
-
-        let mut session = peer.session.lock();
-        let authenticated = match session.tunn.decapsulate(Some(from.ip()), datagram, out) {
-            TunnResult::WriteToNetwork(reply) => {
-                self.send(reply, from);
-                // A completed handshake releases the packets queued for it.
-                while let TunnResult::WriteToNetwork(queued) =
-                    session.tunn.decapsulate(None, &[], out)
-                {
-                    self.send(queued, from);
-                }
-                true
             }
-            TunnResult::WriteToTunnelV4(packet, source) => {
-                drop(session);
-                self.deliver(&routing, &peer, packet, source.into());
-                true
-            }
-            TunnResult::WriteToTunnelV6(packet, source) => {
-                drop(session);
-                self.deliver(&routing, &peer, packet, source.into());
-                true
-            }
-            // A keepalive is authenticated data; a cookie reply is not.
-            TunnResult::Done => matches!(kind, Datagram::Data { .. }),
-            TunnResult::Err(e) => {
-                tracing::trace!(ifname = %self.name, %from, error = ?e, "datagram rejected");
-                bump(&self.counters.rejected_datagrams);
-                false
-            }
-        };
-        if authenticated && peer.roam(from) {
-            tracing::info!(ifname = %self.name, peer = ?peer.public_key, endpoint = %from, "peer endpoint");
         }
+    }
+
+    fn listener_replaced(&self, current: &Listener) -> bool {
+        !std::ptr::eq(current, &**self.listener.load())
+    }
+
+    /// Authenticates and decrypts a datagram or a run of them (one sender),
+    /// taking each peer's session lock once for consecutive datagrams of
+    /// that peer, then hands what decrypted to the TUN.
+    fn receive(&self, received: Received, inbound: &mut Inbound) {
+        let Inbound {
+            datagrams,
+            plain,
+            control,
+            delivered,
+            headers,
+        } = inbound;
+        if received.len == 0 {
+            bump(&self.counters.invalid_datagrams);
+            return;
+        }
+        let from = received.from;
+        let routing = self.routing.load();
+        let mut locked: Option<(&Arc<Peer>, MutexGuard<Session>)> = None;
+        let mut used = 0;
+        delivered.clear();
+        let segment = received.segment.unwrap_or(received.len);
+        for datagram in datagrams[..received.len].chunks(segment) {
+            let kind = classify_datagram(datagram);
+            let peer = match kind {
+                Datagram::Invalid => {
+                    bump(&self.counters.invalid_datagrams);
+                    continue;
+                }
+                Datagram::HandshakeInitiation => {
+                    match self.initiator(&routing, datagram, from, control) {
+                        Some(peer) => peer,
+                        None => continue,
+                    }
+                }
+                Datagram::HandshakeResponse { receiver }
+                | Datagram::CookieReply { receiver }
+                | Datagram::Data { receiver } => {
+                    let index = peer_index_of(receiver);
+                    // A run of datagrams is nearly always one peer's.
+                    let current = locked.as_ref().map(|(peer, _)| *peer);
+                    match current
+                        .filter(|peer| peer.index == index)
+                        .or_else(|| routing.by_index.get(&index))
+                    {
+                        Some(peer) => peer,
+                        None => {
+                            bump(&self.counters.rejected_datagrams);
+                            continue;
+                        }
+                    }
+                }
+            };
+            if !locked.as_ref().is_some_and(|(p, _)| Arc::ptr_eq(p, peer)) {
+                // One session lock at a time.
+                drop(locked.take());
+                locked = Some((peer, peer.session.lock()));
+            }
+            let session = &mut locked.as_mut().expect("locked above").1;
+            // Data decrypts into the plaintext buffer, packets back to back;
+            // handshakes use their own buffer, which their replies and the
+            // packets they release need whole.
+            let out = match kind {
+                Datagram::Data { .. } => &mut plain[used..],
+                _ => &mut control[..],
+            };
+            // (authenticated, length and source of a decrypted packet)
+            let (authenticated, decrypted) = match session.tunn.decapsulate(
+                Some(from.ip()),
+                datagram,
+                out,
+            ) {
+                TunnResult::WriteToNetwork(reply) => {
+                    self.send(reply, from);
+                    // A completed handshake releases the packets queued for it.
+                    while let TunnResult::WriteToNetwork(queued) =
+                        session.tunn.decapsulate(None, &[], &mut control[..])
+                    {
+                        self.send(queued, from);
+                    }
+                    (true, None)
+                }
+                TunnResult::WriteToTunnelV4(packet, source) => {
+                    (true, Some((packet.len(), IpAddr::from(source))))
+                }
+                TunnResult::WriteToTunnelV6(packet, source) => {
+                    (true, Some((packet.len(), IpAddr::from(source))))
+                }
+                // A keepalive is authenticated data; a cookie reply is not.
+                TunnResult::Done => (matches!(kind, Datagram::Data { .. }), None),
+                TunnResult::Err(e) => {
+                    tracing::trace!(ifname = %self.name, %from, error = ?e, "datagram rejected");
+                    bump(&self.counters.rejected_datagrams);
+                    (false, None)
+                }
+            };
+            if let Some((len, source)) = decrypted {
+                if self.source_allowed(&routing, peer, source) {
+                    delivered.push(used..used + len);
+                    used += len;
+                }
+            }
+            if authenticated && peer.roam(from) {
+                tracing::info!(ifname = %self.name, peer = ?peer.public_key, endpoint = %from, "peer endpoint");
+            }
+        }
+        drop(locked);
+        self.write_to_tun(plain, delivered, headers);
     }
 
     /// The peer a handshake initiation comes from, after the cheap checks
     /// (MAC, load) that guard the Diffie-Hellman needed to find it.
-    fn initiator(
+    fn initiator<'r>(
         &self,
-        routing: &Routing,
+        routing: &'r Routing,
         datagram: &[u8],
         from: SocketAddr,
         out: &mut [u8],
-    ) -> Option<Arc<Peer>> {
+    ) -> Option<&'r Arc<Peer>> {
         let Some(identity) = &routing.identity else {
             bump(&self.counters.rejected_datagrams);
             return None;
@@ -647,29 +802,58 @@ impl Shared {
                 return None;
             }
         };
-        let peer = routing.by_key.get(&Key(half.peer_static_public)).cloned();
+        let peer = routing.by_key.get(&Key(half.peer_static_public));
         if peer.is_none() {
             bump(&self.counters.unknown_peer);
         }
         peer
     }
 
-    /// Writes a decrypted packet to the TUN if its source belongs to the
-    /// peer that sent it.
-    fn deliver(
-        &self,
-        routing: &Routing,
-        peer: &Arc<Peer>,
-        packet: &[u8],
-        source: std::net::IpAddr,
-    ) {
+    /// Whether `source` belongs to the peer that sent the packet.
+    fn source_allowed(&self, routing: &Routing, peer: &Arc<Peer>, source: IpAddr) -> bool {
         let owner = routing.allowed.lookup(source);
-        if !owner.is_some_and(|owner| Arc::ptr_eq(owner, peer)) {
+        let allowed = owner.is_some_and(|owner| Arc::ptr_eq(owner, peer));
+        if !allowed {
             bump(&self.counters.source_rejected);
-            return;
         }
-        if let Err(e) = (&self.tun).write(packet) {
-            tracing::debug!(ifname = %self.name, error = %e, "TUN write failed");
+        allowed
+    }
+
+    /// Writes decrypted packets to the TUN in order: consecutive segments
+    /// of one TCP flow as one super-packet, the rest one by one.
+    fn write_to_tun(&self, plain: &[u8], delivered: &[Range<usize>], headers: &mut [u8]) {
+        let mut next = 0;
+        while next < delivered.len() {
+            let mut iov = [IoSlice::new(&[]); offload::MAX_RUN_SEGMENTS + 1];
+            let head = &plain[delivered[next].clone()];
+            let mut count = 1;
+            let mut run = TcpRun::start(head);
+            if let Some(run) = run.as_mut() {
+                while next + count < delivered.len()
+                    && run.try_append(head, &plain[delivered[next + count].clone()])
+                {
+                    count += 1;
+                }
+            }
+            let iov = match run.filter(|_| count > 1) {
+                Some(run) => {
+                    let len = run.write_headers(head, headers);
+                    iov[0] = IoSlice::new(&headers[..len]);
+                    for (slot, range) in iov[1..].iter_mut().zip(&delivered[next..next + count]) {
+                        *slot = IoSlice::new(run.payload_of(&plain[range.clone()]));
+                    }
+                    &iov[..count + 1]
+                }
+                None => {
+                    iov[0] = IoSlice::new(&PLAIN_VNET_HDR);
+                    iov[1] = IoSlice::new(head);
+                    &iov[..2]
+                }
+            };
+            if let Err(e) = (&self.tun).write_vectored(iov) {
+                tracing::debug!(ifname = %self.name, error = %e, "TUN write failed");
+            }
+            next += count;
         }
     }
 
@@ -707,6 +891,117 @@ impl Shared {
     }
 }
 
+/// Whether a side of the packet thread has more queued than it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    Empty,
+    More,
+}
+
+/// Encrypted datagrams for one peer laid back to back, to go out in one
+/// UDP GSO send: all of one size but the last, which may be shorter.
+struct SendBatch {
+    buf: Vec<u8>,
+    len: usize,
+    stride: usize,
+    count: usize,
+    /// A shorter datagram came: nothing may follow it.
+    closed: bool,
+    /// Whom the datagrams are for.
+    peer: Option<Arc<Peer>>,
+}
+
+/// What a flushed [`SendBatch`] sends.
+struct Outgoing<'a> {
+    datagrams: &'a [u8],
+    stride: usize,
+    count: usize,
+    peer: &'a Peer,
+}
+
+impl SendBatch {
+    fn new() -> SendBatch {
+        SendBatch {
+            buf: vec![0u8; BUFFER_LEN + HANDSHAKE_ROOM],
+            len: 0,
+            stride: 0,
+            count: 0,
+            closed: false,
+            peer: None,
+        }
+    }
+
+    fn is_for(&self, peer: &Arc<Peer>) -> bool {
+        self.peer.as_ref().is_some_and(|p| Arc::ptr_eq(p, peer))
+    }
+
+    /// Whether a datagram of `len` bytes may join; an empty batch takes
+    /// anything up to the largest packet.
+    fn can_take(&self, len: usize) -> bool {
+        self.count == 0
+            || (!self.closed
+                && len <= self.stride
+                && self.count < MAX_GSO_SEGMENTS
+                && self.len + len <= MAX_GSO_BYTES)
+    }
+
+    /// Where `Tunn` writes the next datagram.
+    fn room(&mut self) -> &mut [u8] {
+        &mut self.buf[self.len..]
+    }
+
+    /// Counts the datagram of `len` bytes just written at [`Self::room`].
+    fn commit(&mut self, len: usize) {
+        if self.count == 0 {
+            self.stride = len;
+        } else if len < self.stride {
+            self.closed = true;
+        }
+        self.len += len;
+        self.count += 1;
+    }
+
+    /// Empties the batch, returning what it held (nothing if empty).
+    fn take(&mut self) -> Option<Outgoing<'_>> {
+        let count = std::mem::take(&mut self.count);
+        let len = std::mem::take(&mut self.len);
+        self.closed = false;
+        Some(Outgoing {
+            datagrams: &self.buf[..len],
+            stride: self.stride,
+            count,
+            peer: self.peer.as_deref().filter(|_| count > 0)?,
+        })
+    }
+}
+
+/// The network-to-TUN thread's buffers, allocated once.
+struct Inbound {
+    /// What one receive returns: a datagram or a run of them.
+    datagrams: Vec<u8>,
+    /// The decrypted packets, back to back (each is 32 bytes shorter than
+    /// its datagram, so a batch always fits).
+    plain: Vec<u8>,
+    /// Handshake replies and the packets a handshake releases.
+    control: Vec<u8>,
+    /// Where each decrypted packet to deliver lies in `plain`.
+    delivered: Vec<Range<usize>>,
+    /// The virtio and IP/TCP headers of a coalesced packet.
+    headers: Vec<u8>,
+}
+
+impl Inbound {
+    fn new() -> Inbound {
+        Inbound {
+            datagrams: vec![0u8; BUFFER_LEN],
+            plain: vec![0u8; BUFFER_LEN],
+            control: vec![0u8; BUFFER_LEN],
+            delivered: Vec::with_capacity(2 * MAX_GSO_SEGMENTS),
+            headers: vec![0u8; VNET_HDR_LEN + 256],
+        }
+    }
+}
+
 /// The next peer index not in use; indices are 24 bits.
 fn next_free_index(next: &mut u32, peers: &HashMap<Key, Arc<Peer>>) -> u32 {
     loop {
@@ -721,6 +1016,58 @@ fn next_free_index(next: &mut u32, peers: &HashMap<Key, Arc<Peer>>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lays datagrams of `lens` bytes into a batch the way the packet
+    /// thread does (without encrypting), flushing when it must; returns
+    /// (stride, count) of each send.
+    fn batches(lens: &[usize]) -> Vec<(usize, usize)> {
+        let mut batch = SendBatch::new();
+        let peer = Arc::new(Peer::new(
+            &Identity::new(Key([1; 32])),
+            Key([2; 32]),
+            None,
+            1,
+        ));
+        batch.peer = Some(peer);
+        let mut sent = Vec::new();
+        let mut flush = |batch: &mut SendBatch| {
+            if let Some(out) = batch.take() {
+                assert!(out.datagrams.len() <= MAX_GSO_BYTES || out.count == 1);
+                sent.push((out.stride, out.count));
+            }
+        };
+        for &len in lens {
+            if !batch.can_take(len) {
+                flush(&mut batch);
+            }
+            assert!(batch.room().len() >= len.max(HANDSHAKE_ROOM));
+            batch.commit(len);
+        }
+        flush(&mut batch);
+        sent
+    }
+
+    #[test]
+    fn send_batches_hold_one_size_then_at_most_one_shorter() {
+        // A TSO packet of 48 full segments and a short tail: 45 fit the
+        // 64 KB a send may carry.
+        let mut lens = vec![1452; 48];
+        lens.push(700);
+        assert_eq!(batches(&lens), [(1452, 45), (1452, 4)]);
+        // A shorter datagram closes the batch; a longer one starts anew.
+        assert_eq!(
+            batches(&[84, 84, 60, 84, 1452, 84]),
+            [(84, 3), (84, 1), (1452, 2)]
+        );
+        // Small datagrams: at most 64 per send.
+        assert_eq!(batches(&[84; 100]), [(84, 64), (84, 36)]);
+        // The largest datagram goes alone.
+        let largest = BUFFER_LEN - 1;
+        assert_eq!(
+            batches(&[84, largest, 84]),
+            [(84, 1), (largest, 1), (84, 1)]
+        );
+    }
 
     #[test]
     fn interface_names() {

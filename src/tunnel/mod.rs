@@ -6,6 +6,7 @@ pub mod allowed_ips;
 pub mod config;
 pub mod device;
 pub mod key;
+pub mod offload;
 pub mod packet;
 pub mod peer;
 mod sys;

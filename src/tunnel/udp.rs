@@ -1,10 +1,15 @@
 //! The listen socket: one dual-stack UDP socket (IPv4 through mapped
-//! addresses), or IPv4 only where the host has no IPv6.
+//! addresses), or IPv4 only where the host has no IPv6. It sends and
+//! receives runs of same-sized datagrams in one call where the kernel can
+//! (UDP GSO and GRO).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::sys::{self, Received};
 
 /// Socket buffers large enough to ride out a burst while a thread is busy.
 const SOCKET_BUFFER_BYTES: usize = 4 << 20;
@@ -14,6 +19,8 @@ pub struct Listener {
     socket: UdpSocket,
     dual_stack: bool,
     port: u16,
+    /// Cleared when the kernel refuses UDP segmentation for our route.
+    gso: AtomicBool,
 }
 
 impl Listener {
@@ -45,11 +52,14 @@ impl Listener {
         socket.bind(&any.into())?;
         socket.set_nonblocking(true)?;
         let socket: UdpSocket = socket.into();
+        // Without GRO each datagram comes on its own: slower, still right.
+        let _ = sys::enable_udp_gro(&socket);
         let port = socket.local_addr()?.port();
         Ok(Listener {
             socket,
             dual_stack,
             port,
+            gso: AtomicBool::new(true),
         })
     }
 
@@ -61,20 +71,62 @@ impl Listener {
         &self.socket
     }
 
-    pub fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
-        let to = match to {
+    fn socket_address(&self, to: SocketAddr) -> SocketAddr {
+        match to {
             SocketAddr::V4(v4) if self.dual_stack => {
                 SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0).into()
             }
             other => other,
-        };
-        self.socket.send_to(datagram, to)
+        }
     }
 
-    /// Receives one datagram; IPv4 senders come back as IPv4 addresses.
-    pub fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (len, from) = self.socket.recv_from(buf)?;
-        Ok((len, canonical(from)))
+    pub fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.socket.send_to(datagram, self.socket_address(to))
+    }
+
+    /// Sends `datagrams`, laid back to back, each `segment` bytes long but
+    /// the last, which may be shorter. Returns how many bytes went out: all
+    /// of them, or up to a datagram that the socket could not take yet.
+    pub fn send_segments(
+        &self,
+        datagrams: &[u8],
+        segment: usize,
+        to: SocketAddr,
+    ) -> io::Result<usize> {
+        let to = self.socket_address(to);
+        if datagrams.len() > segment && self.gso.load(Ordering::Relaxed) {
+            match sys::send_segments(&self.socket, datagrams, segment as u16, to) {
+                Ok(_) => return Ok(datagrams.len()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                // EIO: the outgoing device cannot checksum for us, for good.
+                // Others (a segment above the path MTU): this batch only.
+                Err(e) => {
+                    if e.raw_os_error() == Some(libc::EIO) {
+                        self.gso.store(false, Ordering::Relaxed);
+                    }
+                    tracing::debug!(error = %e, "UDP segmentation refused, sending one by one");
+                }
+            }
+        }
+        let mut sent = 0;
+        for datagram in datagrams.chunks(segment) {
+            match self.socket.send_to(datagram, to) {
+                Ok(_) => sent += datagram.len(),
+                Err(e) if sent == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Receives a datagram, or a run of same-sized ones from one sender;
+    /// IPv4 senders come back as IPv4 addresses.
+    pub fn recv_segments(&self, buf: &mut [u8]) -> io::Result<Received> {
+        let received = sys::recv_segments(&self.socket, buf)?;
+        Ok(Received {
+            from: canonical(received.from),
+            ..received
+        })
     }
 
     /// Wakes a thread blocked on this socket so it can move to a new one.
