@@ -603,7 +603,7 @@ where
 {
     let ns = ns.to_string();
     let thread = std::thread::spawn(move || {
-        enter_netns(&ns).unwrap_or_else(|e| panic!("{e}"));
+        crate::enter_netns(&ns).unwrap_or_else(|e| panic!("{e}"));
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -625,7 +625,7 @@ fn probe_readyz(
     tx: mpsc::Sender<Result<(), String>>,
 ) {
     if let Some(ns) = netns {
-        if let Err(e) = enter_netns(&ns) {
+        if let Err(e) = crate::enter_netns(&ns) {
             let _ = tx.send(Err(e));
             return;
         }
@@ -663,25 +663,6 @@ fn probe_readyz(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-}
-
-/// Moves the calling thread into the network namespace `ns` (sockets it
-/// opens afterwards live there).
-fn enter_netns(ns: &str) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
-    let path = Path::new("/var/run/netns").join(ns);
-    let file = File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    // SAFETY: setns takes a valid descriptor we own and a flag; it affects
-    // only the calling thread, which is the prober's own.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(format!(
-            "setns({}): {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    Ok(())
 }
 
 /// A port no instance of this process uses yet, below the kernel's

@@ -205,6 +205,20 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).contains("3 received")
     }
 
+    /// Runs `f` on a thread that entered this namespace: sockets it makes
+    /// live here, and processes it starts (nft, say) run here.
+    pub fn run_inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    enter_netns(&self.name).unwrap_or_else(|e| panic!("{e}"));
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
     fn pids(&self) -> Vec<i32> {
         let out = run("ip", &["netns", "pids", &self.name]);
         String::from_utf8_lossy(&out.stdout)
@@ -244,6 +258,25 @@ pub fn veth_pair(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
             b.name(),
         ],
     );
+}
+
+/// Moves the calling thread into the network namespace `ns` (a name under
+/// /var/run/netns); only that thread changes.
+pub fn enter_netns(ns: &str) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let path = Path::new("/var/run/netns").join(ns);
+    let file = File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // SAFETY: setns takes a valid descriptor we own and a flag; it affects
+    // only the calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(format!(
+            "setns({}): {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 /// Joins two namespaces with a veth pair and addresses both ends.

@@ -7,7 +7,6 @@
 //! The table is applied by `strait::net::nft` itself, from a thread that
 //! entered the router's namespace (`nft` runs as its child, there).
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -34,25 +33,6 @@ const MASQUERADE: &str = "table inet cni {
     }
 }
 ";
-
-/// Runs `f` on a thread that entered `ns`'s network namespace: sockets it
-/// makes live there, and processes it starts (nft) run there.
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-                // SAFETY: setns takes a valid open descriptor; it changes
-                // only this thread, which ends with `f`.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("thread in namespace panicked")
-    })
-}
 
 fn plan(mss: Option<u16>) -> NftPlan {
     NftPlan {
@@ -147,11 +127,11 @@ impl Net {
     }
 
     fn ensure(&self, table: &mut NftTable, plan: &NftPlan) -> bool {
-        in_netns(&self.r, || table.ensure(plan)).expect("ensure")
+        self.r.run_inside(|| table.ensure(plan)).expect("ensure")
     }
 
     fn counters(&self) -> std::collections::BTreeMap<String, u64> {
-        in_netns(&self.r, nft::counters).expect("counters")
+        self.r.run_inside(nft::counters).expect("counters")
     }
 
     /// Listing of the strait table in r, counters left out.
@@ -164,9 +144,7 @@ impl Net {
 /// `to` (a new socket, so a new conntrack entry, every call).
 fn udp_source(from_ns: &Netns, to_ns: &Netns, to: &str) -> IpAddr {
     let to: IpAddr = to.parse().unwrap();
-    let server = in_netns(to_ns, || {
-        UdpSocket::bind(SocketAddr::new(to, 0)).expect("bind")
-    });
+    let server = to_ns.run_inside(|| UdpSocket::bind(SocketAddr::new(to, 0)).expect("bind"));
     server
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -176,9 +154,7 @@ fn udp_source(from_ns: &Netns, to_ns: &Netns, to: &str) -> IpAddr {
     } else {
         "::".parse().unwrap()
     };
-    let client = in_netns(from_ns, || {
-        UdpSocket::bind(SocketAddr::new(any, 0)).expect("bind")
-    });
+    let client = from_ns.run_inside(|| UdpSocket::bind(SocketAddr::new(any, 0)).expect("bind"));
     client.send_to(b"strait", target).expect("send");
     let mut buf = [0u8; 16];
     let (n, peer) = server.recv_from(&mut buf).expect("no datagram arrived");
@@ -207,11 +183,11 @@ fn tcp_maxseg(stream: &TcpStream) -> u32 {
 /// each end sends with (client, server).
 fn tcp_mss(net: &Net, to: &str) -> (u32, u32) {
     let to: IpAddr = to.parse().unwrap();
-    let listener = in_netns(&net.s, || {
-        TcpListener::bind(SocketAddr::new(to, 0)).expect("bind")
-    });
+    let listener = net
+        .s
+        .run_inside(|| TcpListener::bind(SocketAddr::new(to, 0)).expect("bind"));
     let target = listener.local_addr().unwrap();
-    let client = in_netns(&net.c, || {
+    let client = net.c.run_inside(|| {
         TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("connect")
     });
     let (mut server, _) = listener.accept().expect("accept");
@@ -321,9 +297,9 @@ fn mss_is_clamped_both_ways() {
 
     // Host-network traffic of r itself, through the output chain.
     let before = net.counters()[nft::rule::MSS_OUTPUT_TO_REMOTE_4];
-    let listener = in_netns(&net.s, || TcpListener::bind((S4, 0)).unwrap());
+    let listener = net.s.run_inside(|| TcpListener::bind((S4, 0)).unwrap());
     let target = listener.local_addr().unwrap();
-    let host = in_netns(&net.r, || {
+    let host = net.r.run_inside(|| {
         TcpStream::connect_timeout(&target, Duration::from_secs(5)).expect("connect")
     });
     let (server, _) = listener.accept().unwrap();
@@ -374,8 +350,8 @@ fn unchanged_plan_writes_nothing_and_a_restart_adopts() {
     assert!(!net.ensure(&mut restarted, &changed));
 
     // Removal, for `strait uninstall`.
-    assert!(in_netns(&net.r, NftTable::remove).unwrap());
-    assert!(!in_netns(&net.r, NftTable::remove).unwrap());
+    assert!(net.r.run_inside(NftTable::remove).unwrap());
+    assert!(!net.r.run_inside(NftTable::remove).unwrap());
     assert!(!net
         .r
         .exec(&["nft", "list", "table", "inet", "strait"])

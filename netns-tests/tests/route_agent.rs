@@ -8,8 +8,6 @@
 //! Timings (repair, gateway change, restart) are printed with eprintln
 //! for the note; only generous bounds are asserted, since CI is noisy.
 
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -178,30 +176,10 @@ fn time_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Durati
     }
 }
 
-/// Runs `f` on a thread that entered `ns`'s network namespace (nft,
-/// which `strait::net::nft` runs, then runs there).
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{}", ns.name());
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-                // SAFETY: setns takes a valid open descriptor; it changes
-                // only this thread, which ends with `f`.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("thread in namespace panicked")
-    })
-}
-
 /// The packet counts of Strait's nft rules in a node, by comment.
 fn counters(node: &Node) -> std::collections::BTreeMap<String, u64> {
-    in_netns(&node.ns, || {
-        strait::net::nft::counters().expect("reading the strait table's counters")
-    })
+    node.ns
+        .run_inside(|| strait::net::nft::counters().expect("reading the strait table's counters"))
 }
 
 fn stats(label: &str, samples: &[Duration]) -> String {
