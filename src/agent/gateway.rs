@@ -222,12 +222,16 @@ impl<B: Broker> GatewayRole<B> {
         plan: &GatewayPlan,
     ) -> Result<(), AgentError> {
         self.report_skips(&snapshot.skipped);
-        for refused in &plan.refused {
-            let key = (refused.endpoint.object_name(), refused.reason.clone());
-            if self.reported_refusals.insert(key) {
-                tracing::warn!(endpoint = %refused.endpoint.object_name(), reason = %refused.reason, "not connecting");
-            }
+        // Each refusal is logged once while it lasts, not every second.
+        let refusals: HashSet<(String, String)> = plan
+            .refused
+            .iter()
+            .map(|r| (r.endpoint.object_name(), r.reason.clone()))
+            .collect();
+        for (endpoint, reason) in refusals.difference(&self.reported_refusals) {
+            tracing::warn!(%endpoint, %reason, "not connecting");
         }
+        self.reported_refusals = refusals;
 
         let current = self.device.config();
         if let Some(changes) = peer_changes(&current, plan, self.psk) {
