@@ -427,6 +427,12 @@ for p in order:
 w("\n</details>")
 print("\n".join(out))
 EOF
-cp "$TMP/report.md" "$OUTPUT"
+# Sections other scripts own (bench-pods.sh's, from its marker on) stay.
+if [ -f "$OUTPUT" ] && grep -q '^<!-- bench-pods:begin' "$OUTPUT"; then
+  { cat "$TMP/report.md"; echo; sed -n '/^<!-- bench-pods:begin/,$p' "$OUTPUT"; } > "$TMP/merged.md"
+  cp "$TMP/merged.md" "$OUTPUT"
+else
+  cp "$TMP/report.md" "$OUTPUT"
+fi
 cat "$TMP/report.md"
 log "written to $OUTPUT"
