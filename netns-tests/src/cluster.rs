@@ -115,6 +115,20 @@ impl ClusterSpec {
             vec![NodeSpec::gateway(&format!("{id}-gw"), pods)],
         )
     }
+
+    /// Issue 5's shape: the gateway `<id>-gw` and two workers `<id>-w1`,
+    /// `<id>-w2`, a pod on each.
+    pub fn three_nodes(id: &str, index: u8) -> ClusterSpec {
+        ClusterSpec::new(
+            id,
+            index,
+            vec![
+                NodeSpec::gateway(&format!("{id}-gw"), 1),
+                NodeSpec::worker(&format!("{id}-w1"), 1),
+                NodeSpec::worker(&format!("{id}-w2"), 1),
+            ],
+        )
+    }
 }
 
 /// How a set is built and its agents run.
@@ -949,27 +963,7 @@ impl Pod {
     /// Sends `bytes` bytes to `to`'s echo server and checks the answer
     /// byte for byte (and that `to` answered). Ok: the client's report.
     pub fn tcp_request(&self, to: &Pod, bytes: usize) -> Result<String, String> {
-        let bin = self
-            .echo_bin
-            .as_ref()
-            .expect("tcp_request needs Options::echo_bin");
-        let out = self.ns.exec(&[
-            &bin.to_string_lossy(),
-            "request",
-            &format!("{}:{ECHO_PORT}", to.ip),
-            &bytes.to_string(),
-            &to.tag(),
-        ]);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        if out.status.success() {
-            Ok(text.trim().to_string())
-        } else {
-            Err(text.trim().to_string())
-        }
+        self.tcp_request_with(to, bytes, &[])
     }
 
     /// [`Pod::tcp_request`] with `tcp-echo request` flags after the tag

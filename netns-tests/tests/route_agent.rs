@@ -36,25 +36,17 @@ fn options() -> Options {
     Options::new().with_echo(env!("CARGO_BIN_EXE_tcp-echo"))
 }
 
-/// `<id>-gw` (the gateway) and two workers `<id>-w1`, `<id>-w2`, a pod on
-/// each.
-fn three_nodes(id: &str, index: u8) -> ClusterSpec {
-    ClusterSpec::new(
-        id,
-        index,
-        vec![
-            NodeSpec::gateway(&format!("{id}-gw"), 1),
-            NodeSpec::worker(&format!("{id}-w1"), 1),
-            NodeSpec::worker(&format!("{id}-w2"), 1),
-        ],
-    )
-}
-
 /// Clusters `a` and `b` of three nodes, connected, and the pods of their
 /// first workers reaching each other both ways.
 fn two_clusters() -> ClusterSet {
     require_root();
-    let set = ClusterSet::build(&[three_nodes("a", 1), three_nodes("b", 2)], options());
+    let set = ClusterSet::build(
+        &[
+            ClusterSpec::three_nodes("a", 1),
+            ClusterSpec::three_nodes("b", 2),
+        ],
+        options(),
+    );
     set.wait_connected(Duration::from_secs(30));
     wait_reach(&set, worker_pod(&set, "a", 1), worker_pod(&set, "b", 1));
     wait_reach(&set, worker_pod(&set, "b", 1), worker_pod(&set, "a", 1));
@@ -696,24 +688,17 @@ fn strait_leftovers(node: &Node) -> Vec<String> {
             })
             .map(|l| format!("ip route show table all: {l}")),
     );
-    let rules = node.ok(&["ip", "rule"]);
-    found.extend(
-        rules
-            .lines()
-            .filter(|l| {
-                l.starts_with(&format!("{TABLE}:")) || l.contains(&format!("lookup {TABLE}"))
-            })
-            .map(|l| format!("ip rule: {l}")),
-    );
-    let rules6 = node.ok(&["ip", "-6", "rule"]);
-    found.extend(
-        rules6
-            .lines()
-            .filter(|l| {
-                l.starts_with(&format!("{TABLE}:")) || l.contains(&format!("lookup {TABLE}"))
-            })
-            .map(|l| format!("ip -6 rule: {l}")),
-    );
+    for (family, label) in [("-4", "ip rule"), ("-6", "ip -6 rule")] {
+        let rules = node.ok(&["ip", family, "rule"]);
+        found.extend(
+            rules
+                .lines()
+                .filter(|l| {
+                    l.starts_with(&format!("{TABLE}:")) || l.contains(&format!("lookup {TABLE}"))
+                })
+                .map(|l| format!("{label}: {l}")),
+        );
+    }
     let ruleset = node.ok(&["nft", "list", "ruleset"]);
     found.extend(
         ruleset
@@ -886,7 +871,7 @@ fn a_new_gateway_takes_over_and_every_node_re_points() {
     );
     let mut set = ClusterSet::empty(options());
     set.add_cluster(spec_a);
-    set.add_cluster(three_nodes("b", 2));
+    set.add_cluster(ClusterSpec::three_nodes("b", 2));
     set.cluster("a").node("a-gw2").set_gateway_role(false);
     for id in ["a", "b"] {
         set.start_cluster(id);

@@ -33,27 +33,13 @@ use std::path::PathBuf;
 use std::process::exit;
 use std::time::Duration;
 
-use strait_netns_tests::{
-    wait_until, ClusterSet, ClusterSpec, Netns, NodeSpec, Options, Pod, Process,
-};
+use strait_netns_tests::{wait_until, ClusterSet, ClusterSpec, Netns, Options, Pod, Process};
 
 const IPERF_PORT: &str = "5201";
 
 fn fail(message: &str) -> ! {
     eprintln!("bench-pods: {message}");
     exit(1)
-}
-
-fn three_nodes(id: &str, index: u8) -> ClusterSpec {
-    ClusterSpec::new(
-        id,
-        index,
-        vec![
-            NodeSpec::gateway(&format!("{id}-gw"), 1),
-            NodeSpec::worker(&format!("{id}-w1"), 1),
-            NodeSpec::worker(&format!("{id}-w2"), 1),
-        ],
-    )
 }
 
 /// The path a → b of each benchmark: (name, source node, target node).
@@ -256,7 +242,10 @@ fn main() {
     if unsafe { libc::geteuid() } != 0 {
         fail("run as root: it creates network namespaces");
     }
-    let specs = [three_nodes("a", 1), three_nodes("b", 2)];
+    let specs = [
+        ClusterSpec::three_nodes("a", 1),
+        ClusterSpec::three_nodes("b", 2),
+    ];
 
     eprintln!("bench-pods: building the strait set (agents on every node)");
     let strait = ClusterSet::build(&specs, options("strait"));
