@@ -253,6 +253,16 @@ fn chain(out: &mut String, name: &str, hook: &str, rules: &[(String, &str)]) {
 
 /// A listing reduced to what identifies it: whitespace-separated tokens
 /// (nft wraps long element lists), counter values dropped.
+/// The rule comments of a listing or rendering, in order: which rules are
+/// there, whatever nft's formatting of them.
+fn rule_comments(text: &str) -> Vec<&str> {
+    text.split("comment \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|comment| !comment.starts_with(COMMENT_PREFIX))
+        .collect()
+}
+
 fn normalize_listing(text: &str) -> String {
     let tokens: Vec<&str> = text.split_whitespace().collect();
     let mut out: Vec<&str> = Vec::with_capacity(tokens.len());
@@ -323,10 +333,11 @@ impl NftTable {
                 op: "listing the strait table after applying it",
                 detail: "the table is missing right after it was applied".into(),
             })?;
-        self.applied = Some(Applied {
-            rendered,
-            listing: normalize_listing(&listing),
-        });
+        let listing = normalize_listing(&listing);
+        // Someone may have changed the table between our transaction and
+        // this listing; remembering that as ours would hide it for good.
+        self.applied = (rule_comments(&listing) == rule_comments(&rendered))
+            .then_some(Applied { rendered, listing });
         Ok(true)
     }
 
@@ -637,6 +648,26 @@ mod tests {
             .to_owned();
         assert_eq!(hash.len(), 64);
         assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn rule_comments_tell_a_flushed_table_from_a_whole_one() {
+        let plan = NftPlan {
+            local_subnets: vec!["10.1.0.0/16".parse().unwrap()],
+            remote_subnets: vec!["10.2.0.0/16".parse().unwrap()],
+            mss: None,
+        };
+        let whole = normalize_listing(&render_table(&plan));
+        let rules = rule_comments(&whole);
+        assert!(rules.len() > 4, "{rules:?}");
+        // What `nft flush table` leaves: the table, its comment, sets and
+        // chains, no rules.
+        let flushed: String = render_table(&plan)
+            .lines()
+            .filter(|l| !l.contains("comment \"") || l.contains(COMMENT_PREFIX))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(rule_comments(&normalize_listing(&flushed)).is_empty());
     }
 
     #[test]
