@@ -10,7 +10,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::watch;
 
+pub mod crd;
 pub mod dir;
+pub mod globalnet;
+pub mod mcs;
 pub mod types;
 
 use types::{Cluster, Endpoint, Gateway, Kind, Object};

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub const API_VERSION: &str = "submariner.io/v1";
@@ -44,8 +45,9 @@ pub trait Kind: Serialize + serde::de::DeserializeOwned + Clone + PartialEq {
     fn cluster_id(&self) -> &str;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ClusterSpec {
+    #[schemars(length(min = 1, max = 63))]
     pub cluster_id: String,
     #[serde(default)]
     pub color_codes: Vec<String>,
@@ -57,8 +59,9 @@ pub struct ClusterSpec {
     pub global_cidr: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct EndpointSpec {
+    #[schemars(length(min = 1, max = 63))]
     pub cluster_id: String,
     pub cable_name: String,
     #[serde(rename = "healthCheckIP", default)]
@@ -84,7 +87,7 @@ pub const PUBLIC_KEY: &str = "publicKey";
 pub const UDP_PORT: &str = "udp-port";
 pub const WIREGUARD_BACKEND: &str = "wireguard";
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct GatewayStatus {
     #[serde(default)]
     pub version: String,
@@ -98,7 +101,7 @@ pub struct GatewayStatus {
     pub connections: Vec<Connection>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Connection {
     /// `connected`, `connecting` or `error`.
     pub status: String,
@@ -118,7 +121,7 @@ pub struct Connection {
 }
 
 /// Durations written as Go prints them (`1.234ms`), as Submariner does.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct LatencyRtt {
     pub last: String,
     pub min: String,
@@ -128,12 +131,12 @@ pub struct LatencyRtt {
     pub std_dev: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Spec<S> {
     pub spec: S,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Status<S> {
     pub status: S,
 }
@@ -215,6 +218,61 @@ impl EndpointSpec {
     pub fn object_name(&self) -> String {
         format!("{}-{}", self.cluster_id, self.cable_name)
     }
+}
+
+/// A status condition, as `metav1.Condition` has it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(rename = "lastTransitionTime", default)]
+    pub last_transition_time: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(
+        rename = "observedGeneration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub observed_generation: Option<i64>,
+}
+
+/// A label selector, as `metav1.LabelSelector` has it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct LabelSelector {
+    #[serde(
+        rename = "matchLabels",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(
+        rename = "matchExpressions",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// A body with a spec and, once a controller has seen it, a status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SpecAndStatus<S, T> {
+    pub spec: S,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<T>,
 }
 
 /// Formats `d` as Go's `time.Duration.String()` would for sub-hour spans.
