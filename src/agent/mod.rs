@@ -22,6 +22,7 @@ use crate::tunnel::DeviceError;
 pub mod config;
 pub mod gateway;
 pub mod health;
+pub mod lease;
 pub mod node;
 
 use config::AgentConfig;
