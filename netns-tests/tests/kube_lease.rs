@@ -1,8 +1,8 @@
 //! Gateway leader election on a coordination.k8s.io/v1 Lease of the real
 //! kube-apiserver: one candidate leads and the others see it as the holder;
 //! a release hands over at once, a vanished leader after its lease expires;
-//! candidates racing for a new Lease, or a leader cut off from the API
-//! server, never leave two leading at once.
+//! candidates racing for a Lease, or a leader cut off from the API server,
+//! never leave two leading at once.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +18,7 @@ const NAMESPACE: &str = "strait-lease";
 const LEASE: &str = "strait-gateway";
 const A: &str = "gw-a";
 const B: &str = "gw-b";
+const C: &str = "gw-c";
 /// How often the tests look at the candidates and the Lease.
 const POLL: Duration = Duration::from_millis(10);
 /// Generous bound on an election settling.
@@ -190,32 +191,52 @@ async fn a_vanished_leader_is_succeeded_once_its_lease_expires() {
     assert_eq!(settled_leader(&[&b]).await, B);
 }
 
+/// Samples the candidates while the leader renews the Lease a few times,
+/// checking on every poll that it stays the holder after `transitions`.
+async fn watch_renewals(
+    client: &Client,
+    lease: &str,
+    candidates: &[&Candidate],
+    leader: &str,
+    transitions: i32,
+    retry: Duration,
+) {
+    let acquired = record(client, lease).await.acquire_time.unwrap();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        sample(candidates);
+        let seen = record(client, lease).await;
+        assert_eq!(seen.holder.as_deref(), Some(leader), "{lease}");
+        assert_eq!(seen.transitions, transitions, "{lease}");
+        if seen.renew_time.unwrap() > acquired + 5 * retry {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{lease}: no renewals");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Three candidates race to create each Lease (all but one get
+/// AlreadyExists), then the two left race to take it over when the winner
+/// releases it (one gets Conflict).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn candidates_racing_for_a_new_lease_never_lead_together() {
+async fn candidates_racing_for_a_lease_never_lead_together() {
     let (_api, client) = api_server("lease-race").await;
     let retry = ms(100);
     let config = LeaseConfig::new(Duration::from_secs(3), Duration::from_secs(2), retry).unwrap();
     for round in 0..5 {
         let lease = format!("race-{round}");
-        let (a, b) = (
-            spawn(&client, &lease, A, config),
-            spawn(&client, &lease, B, config),
-        );
-        let leader = settled_leader(&[&a, &b]).await;
-        // Go on sampling both while the leader renews a few times.
-        let acquired = record(&client, &lease).await.acquire_time.unwrap();
-        let deadline = Instant::now() + SETTLE;
-        loop {
-            sample(&[&a, &b]);
-            let seen = record(&client, &lease).await;
-            assert_eq!(seen.holder.as_deref(), Some(leader), "round {round}");
-            assert_eq!(seen.transitions, 0, "round {round}: one creator, kept");
-            if seen.renew_time.unwrap() > acquired + 5 * retry {
-                break;
-            }
-            assert!(Instant::now() < deadline, "round {round}: no renewals");
-            tokio::time::sleep(POLL).await;
-        }
+        let mut candidates = [A, B, C].map(|identity| spawn(&client, &lease, identity, config));
+        let all: Vec<&Candidate> = candidates.iter().collect();
+        let first = settled_leader(&all).await;
+        watch_renewals(&client, &lease, &all, first, 0, retry).await;
+
+        let winner = candidates.iter_mut().find(|c| c.identity == first);
+        winner.unwrap().elector.take().unwrap().release().await;
+        let all: Vec<&Candidate> = candidates.iter().collect();
+        let rest: Vec<&Candidate> = candidates.iter().filter(|c| c.identity != first).collect();
+        let second = settled_leader(&rest).await;
+        watch_renewals(&client, &lease, &all, second, 1, retry).await;
     }
 }
 
