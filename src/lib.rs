@@ -4,6 +4,7 @@ pub mod admin;
 pub mod agent;
 pub mod broker;
 pub mod cli;
+pub mod kubernetes;
 pub mod metrics;
 pub mod net;
 pub mod plan;

@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod agent;
+pub mod deploy_broker;
+pub mod join;
 pub mod show;
 pub mod tunnel;
 pub mod uninstall;
@@ -31,6 +33,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the node agent: connects this cluster's gateway to the others.
     Agent(agent::AgentArgs),
+    /// Set up a broker on a Kubernetes API server and write the broker-info file.
+    DeployBroker(deploy_broker::DeployBrokerArgs),
+    /// Join this Kubernetes cluster to a broker and install Strait into it.
+    Join(join::JoinArgs),
     /// Show the cluster set as the broker sees it.
     Show(show::ShowArgs),
     /// Run a userspace WireGuard interface that wg(8) configures.
@@ -70,6 +76,8 @@ impl std::io::Write for LossyStderr {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => agent::run(args),
+        Command::DeployBroker(args) => deploy_broker::run(args),
+        Command::Join(args) => join::run(args),
         Command::Show(args) => show::run(args),
         Command::Tunnel(args) => tunnel::run(args),
         Command::Uninstall(args) => uninstall::run(args),

@@ -1,0 +1,188 @@
+//! `deploy-broker`: the broker namespace on one API server, and the
+//! broker-info file that lets clusters join it. Safe to run again: objects
+//! are applied, and the PSK and globalnet settings, once written, stay.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::Api;
+use kube::runtime::wait::{await_condition, conditions};
+
+use super::apply::{apply, create_once, Applied};
+use super::broker_info::{BrokerAccess, BrokerInfo, PSK_KEY, PSK_SECRET_NAME};
+use super::globalnet_info::GlobalnetSettings;
+use super::{connect, rbac, token, SetupError};
+
+/// Submariner's default broker namespace.
+pub const DEFAULT_NAMESPACE: &str = "submariner-k8s-broker";
+/// Submariner's PSK length, in random bytes.
+const PSK_LENGTH: usize = 48;
+/// How long a CRD may take to be served.
+const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct DeployBrokerOptions {
+    pub kubeconfig: Option<PathBuf>,
+    pub namespace: String,
+    pub globalnet: GlobalnetSettings,
+    /// How long the administrator token in the broker-info file lives.
+    pub token_duration: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeployedBroker {
+    pub info: BrokerInfo,
+    /// When the administrator token expires (RFC 3339).
+    pub token_expires: String,
+}
+
+/// Sets the broker up; `report` hears one line per object as it goes.
+pub async fn deploy_broker(
+    opts: &DeployBrokerOptions,
+    report: &mut dyn FnMut(Applied),
+) -> Result<DeployedBroker, SetupError> {
+    let connection = connect(opts.kubeconfig.as_deref()).await?;
+    let client = connection.client;
+    let ns = opts.namespace.as_str();
+
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    report(
+        apply(&Api::<Namespace>::all(client.clone()), &namespace)
+            .await?
+            .1,
+    );
+
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in crate::broker::crd::all() {
+        let (_, applied) = apply(&crds, &crd).await?;
+        report(applied);
+    }
+    for crd in crate::broker::crd::all() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        wait_established(&crds, &name).await?;
+    }
+
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
+    let admin = rbac::service_account(rbac::BROKER_ADMIN, ns, Default::default());
+    report(apply(&accounts, &admin).await?.1);
+    report(
+        apply(
+            &Api::<Role>::namespaced(client.clone(), ns),
+            &rbac::admin_role(ns),
+        )
+        .await?
+        .1,
+    );
+    let binding = rbac::role_binding(rbac::BROKER_ADMIN, ns);
+    report(
+        apply(
+            &Api::<RoleBinding>::namespaced(client.clone(), ns),
+            &binding,
+        )
+        .await?
+        .1,
+    );
+
+    let (policy, policy_binding) = rbac::ownership_policy(ns);
+    report(
+        apply(
+            &Api::<ValidatingAdmissionPolicy>::all(client.clone()),
+            &policy,
+        )
+        .await?
+        .1,
+    );
+    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
+    report(apply(&bindings, &policy_binding).await?.1);
+
+    // Clusters add their global CIDRs to it: created once, never applied.
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    let (existing, applied) = create_once(&config_maps, &opts.globalnet.config_map(ns)).await?;
+    if !opts.globalnet.matches(&existing) {
+        return Err(SetupError::Refused(format!(
+            "ConfigMap {ns}/{} holds other globalnet settings than asked for ({:?}); \
+             clusters have joined with them: delete it first to change them",
+            super::globalnet_info::NAME,
+            existing.data.unwrap_or_default()
+        )));
+    }
+    report(applied);
+
+    // Clusters that joined use this PSK: a new one would cut them off.
+    let (psk_secret, applied) = create_once(
+        &Api::<Secret>::namespaced(client.clone(), ns),
+        &psk_secret(ns)?,
+    )
+    .await?;
+    report(applied);
+    let psk = psk_secret
+        .data
+        .and_then(|d| d.get(PSK_KEY).cloned())
+        .map(|b| b.0)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            SetupError::Refused(format!("Secret {ns}/{PSK_SECRET_NAME} has no {PSK_KEY}"))
+        })?;
+
+    let admin_token = token::request(&client, ns, rbac::BROKER_ADMIN, opts.token_duration).await?;
+    let access = BrokerAccess {
+        url: connection.url,
+        ca_pem: connection.ca_pem,
+        namespace: ns.into(),
+        token: admin_token.token,
+        psk,
+    };
+    let info = BrokerInfo::new(
+        &access,
+        &format!("{}-token", rbac::BROKER_ADMIN),
+        opts.globalnet.enabled,
+    );
+    Ok(DeployedBroker {
+        info,
+        token_expires: admin_token.expires,
+    })
+}
+
+async fn wait_established(
+    crds: &Api<CustomResourceDefinition>,
+    name: &str,
+) -> Result<(), SetupError> {
+    let established = await_condition(crds.clone(), name, conditions::is_crd_established());
+    match tokio::time::timeout(ESTABLISHED_TIMEOUT, established).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(SetupError::Timeout(format!(
+            "CRD {name} to be established: {e}"
+        ))),
+        Err(_) => Err(SetupError::Timeout(format!("CRD {name} to be established"))),
+    }
+}
+
+fn psk_secret(namespace: &str) -> Result<Secret, SetupError> {
+    let mut psk = vec![0u8; PSK_LENGTH];
+    getrandom::fill(&mut psk)
+        .map_err(|e| SetupError::Refused(format!("no random bytes for the PSK: {e}")))?;
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(PSK_SECRET_NAME.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some([(PSK_KEY.to_string(), ByteString(psk))].into()),
+        ..Default::default()
+    })
+}
