@@ -9,6 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::lease::{LeaseConfig, LeaseConfigError};
 use crate::broker::BrokerLocation;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,10 +17,17 @@ use crate::broker::BrokerLocation;
 pub struct AgentConfig {
     /// This cluster's id: a DNS label, unique in the cluster set.
     pub cluster_id: String,
+    /// In Kubernetes mode this section may be left out: the agent reads
+    /// its node's name from `$NODE_NAME` and the rest from the Node object.
+    #[serde(default)]
     pub node: NodeConfig,
     pub cluster: ClusterNetworks,
-    /// Where the cluster set meets: `dir:PATH`.
+    /// Where the cluster set meets: `dir:PATH` or `kube:KUBECONFIG`.
     pub broker: BrokerLocation,
+    /// Kubernetes mode: node facts from the API, gateway leader election,
+    /// Gateway objects in the local cluster.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
     #[serde(default)]
     pub cable: CableConfig,
     #[serde(default)]
@@ -33,19 +41,89 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    #[serde(default)]
     pub name: String,
-    /// The node's address; a gateway's endpoint `private_ip`.
-    pub ip: IpAddr,
-    /// Whether this node may be the cluster's gateway.
+    /// The node's address; a gateway's endpoint `private_ip`. Required
+    /// unless Kubernetes mode finds it (the Node's InternalIP).
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    /// Whether this node may be the cluster's gateway. In Kubernetes mode
+    /// the Node's label `submariner.io/gateway=true` says so, and the
+    /// candidates elect the active one.
     #[serde(default)]
     pub gateway: bool,
     /// The address other clusters reach this gateway at, when NAT puts it
     /// elsewhere than `ip`.
     #[serde(default)]
     pub public_ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// The local cluster's API; default the pod's service account.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Where the gateway Lease and the Gateway objects live.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub lease: LeaseTimes,
+}
+
+/// Gateway leader election, in milliseconds: a lease not renewed for
+/// `duration_ms` is free; the holder renews every `retry_period_ms` and
+/// stops acting as the active gateway when it could not renew for
+/// `renew_deadline_ms`. A clean stop hands the lease over at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseTimes {
+    #[serde(default = "default_lease_duration_ms")]
+    pub duration_ms: u64,
+    #[serde(default = "default_lease_renew_deadline_ms")]
+    pub renew_deadline_ms: u64,
+    #[serde(default = "default_lease_retry_period_ms")]
+    pub retry_period_ms: u64,
+}
+
+impl LeaseTimes {
+    /// The election's timing, checked.
+    pub fn config(&self) -> Result<LeaseConfig, LeaseConfigError> {
+        LeaseConfig::new(
+            Duration::from_millis(self.duration_ms),
+            Duration::from_millis(self.renew_deadline_ms),
+            Duration::from_millis(self.retry_period_ms),
+        )
+    }
+}
+
+impl Default for LeaseTimes {
+    fn default() -> Self {
+        LeaseTimes {
+            duration_ms: default_lease_duration_ms(),
+            renew_deadline_ms: default_lease_renew_deadline_ms(),
+            retry_period_ms: default_lease_retry_period_ms(),
+        }
+    }
+}
+
+fn default_namespace() -> String {
+    "strait".into()
+}
+
+fn default_lease_duration_ms() -> u64 {
+    10_000
+}
+
+fn default_lease_renew_deadline_ms() -> u64 {
+    5_000
+}
+
+fn default_lease_retry_period_ms() -> u64 {
+    1_000
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +144,9 @@ pub struct CableConfig {
     /// SHA-256, as Submariner derives it.
     #[serde(default)]
     pub psk: String,
+    /// A file holding the PSK string instead (the broker Secret's `psk`).
+    #[serde(default)]
+    pub psk_file: Option<PathBuf>,
     /// Where the gateway keeps its private key, created on first start.
     #[serde(default = "default_private_key_file")]
     pub private_key_file: PathBuf,
@@ -119,6 +200,7 @@ impl Default for CableConfig {
         CableConfig {
             udp_port: default_udp_port(),
             psk: String::new(),
+            psk_file: None,
             private_key_file: default_private_key_file(),
             mss: None,
         }
@@ -188,8 +270,31 @@ impl AgentConfig {
                 ),
             );
         }
-        if self.node.name.is_empty() {
-            return fail("node.name", "must not be empty".into());
+        match &self.kubernetes {
+            None if self.node.name.is_empty() => {
+                return fail("node.name", "must not be empty".into());
+            }
+            None if self.node.ip.is_none() => {
+                return fail(
+                    "node.ip",
+                    "required outside Kubernetes mode (no `kubernetes:` section)".into(),
+                );
+            }
+            Some(k) => {
+                if let Err(e) = k.lease.config() {
+                    return fail("kubernetes.lease", e.to_string());
+                }
+            }
+            None => {}
+        }
+        if matches!(self.broker, BrokerLocation::Kube(_)) && self.kubernetes.is_none() {
+            return fail(
+                "broker",
+                "a kube: broker needs the `kubernetes:` section (Gateway objects live in the local cluster)".into(),
+            );
+        }
+        if !self.cable.psk.is_empty() && self.cable.psk_file.is_some() {
+            return fail("cable.psk_file", "give psk or psk_file, not both".into());
         }
         if self.cluster.pod_cidrs.is_empty() {
             return fail(
@@ -244,6 +349,27 @@ impl AgentConfig {
             let first = self.cluster.pod_cidrs[0];
             first.hosts().next().unwrap_or(first.addr())
         })
+    }
+
+    /// The node's address, known once the configuration is complete
+    /// (checked at parse time, or found by Kubernetes mode at start).
+    pub fn node_ip(&self) -> IpAddr {
+        self.node
+            .ip
+            .expect("the node address is resolved before the roles start")
+    }
+
+    /// The cluster set's PSK string, from the file when one is named.
+    pub fn psk(&self) -> Result<String, ConfigError> {
+        match &self.cable.psk_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|text| text.trim().to_string())
+                .map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                }),
+            None => Ok(self.cable.psk.clone()),
+        }
     }
 
     /// The subnets this cluster brings to the cluster set.
@@ -320,5 +446,29 @@ broker: dir:/tmp/broker
         assert_eq!(field, "health.ip");
         let (field, _) = error_of(&MINIMAL.replace("pod_cidrs: [10.1.0.0/16]", "pod_cidrs: []"));
         assert_eq!(field, "cluster.pod_cidrs");
+        let (field, _) = error_of(&MINIMAL.replace(", ip: 192.0.2.10", ""));
+        assert_eq!(field, "node.ip");
+        let (field, _) = error_of(&MINIMAL.replace("dir:/tmp/broker", "kube:/etc/kubeconfig"));
+        assert_eq!(field, "broker");
+    }
+
+    #[test]
+    fn kubernetes_mode_needs_no_node_section() {
+        let text = "
+cluster_id: cluster-a
+cluster: { pod_cidrs: [10.1.0.0/16] }
+broker: kube:/etc/strait/broker/kubeconfig
+cable: { psk_file: /etc/strait/broker/psk }
+kubernetes: { namespace: strait }
+";
+        let config = AgentConfig::parse(text).unwrap();
+        let kubernetes = config.kubernetes.unwrap();
+        assert_eq!(kubernetes.lease, LeaseTimes::default());
+        assert_eq!(config.node.ip, None);
+        let (field, _) = error_of(&format!(
+            "{}  lease: {{ duration_ms: 100, renew_deadline_ms: 200 }}\n",
+            text.replace("kubernetes: { namespace: strait }", "kubernetes:")
+        ));
+        assert_eq!(field, "kubernetes.lease");
     }
 }

@@ -47,6 +47,7 @@ pub struct GatewayRole<B: Broker> {
     reported_refusals: HashSet<(String, String)>,
     /// Label values of each remote cluster's metrics, to remove them.
     metric_labels: BTreeMap<String, Vec<String>>,
+    elected: bool,
 }
 
 /// Reads the private key file (base64, as `wg genkey` writes it), or
@@ -86,18 +87,78 @@ pub fn load_or_create_key(path: &std::path::Path) -> Result<Key, AgentError> {
     }
 }
 
+/// What this node publishes as its cluster's endpoint when it is the
+/// gateway.
+fn local_endpoint(config: &AgentConfig, private_key: &Key) -> EndpointSpec {
+    let node_ip = config.node_ip();
+    EndpointSpec {
+        cluster_id: config.cluster_id.clone(),
+        cable_name: format!(
+            "strait-cable-{}-{}",
+            config.cluster_id,
+            node_ip.to_string().replace(['.', ':'], "-")
+        ),
+        health_check_ip: config.health_check_ip().to_string(),
+        hostname: config.node.name.clone(),
+        subnets: config.subnets().iter().map(ToString::to_string).collect(),
+        private_ip: node_ip.to_string(),
+        public_ip: config
+            .node
+            .public_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+        nat_enabled: false,
+        backend: WIREGUARD_BACKEND.into(),
+        backend_config: BTreeMap::from([
+            (PUBLIC_KEY.into(), private_key.public_key().to_base64()),
+            (UDP_PORT.into(), config.cable.udp_port.to_string()),
+        ]),
+    }
+}
+
+fn gateway_name(config: &AgentConfig) -> String {
+    format!("{}-{}", config.cluster_id, config.node.name)
+}
+
+/// Says that this gateway candidate stands by: a `Gateway` with
+/// `haStatus: passive` and the endpoint it would publish.
+pub async fn publish_passive<B: Broker>(
+    config: &AgentConfig,
+    broker: &B,
+) -> Result<(), AgentError> {
+    let private_key = load_or_create_key(&config.cable.private_key_file)?;
+    let gateway = Gateway::new(
+        gateway_name(config),
+        StatusBody {
+            status: GatewayStatus {
+                version: env!("CARGO_PKG_VERSION").into(),
+                ha_status: "passive".into(),
+                local_endpoint: local_endpoint(config, &private_key),
+                status_failure: String::new(),
+                connections: Vec::new(),
+            },
+        },
+        now_rfc3339(),
+    );
+    broker.publish(&gateway).await?;
+    Ok(())
+}
+
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
 impl<B: Broker> GatewayRole<B> {
-    /// Brings up the tunnel device and publishes this cluster and its
-    /// endpoint.
+    /// Brings up the tunnel device; every reconcile then publishes this
+    /// cluster and its endpoint. An `elected` gateway (Kubernetes mode)
+    /// is the cluster's only active one and removes endpoints its
+    /// cluster's earlier gateways left behind.
     pub async fn start(
         config: AgentConfig,
         broker: Arc<B>,
         netlink: Netlink,
         metrics: Arc<Metrics>,
+        elected: bool,
     ) -> Result<Self, AgentError> {
         crate::net::sysctl::ensure_ipv4_forwarding()?;
         let private_key = load_or_create_key(&config.cable.private_key_file)?;
@@ -130,31 +191,9 @@ impl<B: Broker> GatewayRole<B> {
             .spawn(move || receiver.receive())
             .map_err(|source| AgentError::Health { source })?;
 
-        let local_endpoint = EndpointSpec {
-            cluster_id: config.cluster_id.clone(),
-            cable_name: format!(
-                "strait-cable-{}-{}",
-                config.cluster_id,
-                config.node.ip.to_string().replace(['.', ':'], "-")
-            ),
-            health_check_ip: health_ip.to_string(),
-            hostname: config.node.name.clone(),
-            subnets: config.subnets().iter().map(ToString::to_string).collect(),
-            private_ip: config.node.ip.to_string(),
-            public_ip: config
-                .node
-                .public_ip
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
-            nat_enabled: false,
-            backend: WIREGUARD_BACKEND.into(),
-            backend_config: BTreeMap::from([
-                (PUBLIC_KEY.into(), private_key.public_key().to_base64()),
-                (UDP_PORT.into(), config.cable.udp_port.to_string()),
-            ]),
-        };
-        let psk = Key(Sha256::digest(config.cable.psk.as_bytes()).into());
-        let role = GatewayRole {
+        let local_endpoint = local_endpoint(&config, &private_key);
+        let psk = Key(Sha256::digest(config.psk()?.as_bytes()).into());
+        Ok(GatewayRole {
             config,
             broker,
             device,
@@ -167,12 +206,11 @@ impl<B: Broker> GatewayRole<B> {
             reported_skips: HashSet::new(),
             reported_refusals: HashSet::new(),
             metric_labels: BTreeMap::new(),
-        };
-        role.publish_identity().await?;
-        Ok(role)
+            elected,
+        })
     }
 
-    async fn publish_identity(&self) -> Result<(), AgentError> {
+    async fn publish_identity(&self, snapshot: &Snapshot) -> Result<(), AgentError> {
         let config = &self.config;
         let strings = |nets: &[ipnet::IpNet]| nets.iter().map(ToString::to_string).collect();
         let cluster = Cluster::new(
@@ -196,7 +234,28 @@ impl<B: Broker> GatewayRole<B> {
             },
             now_rfc3339(),
         );
-        self.publish_keeping_creation(endpoint).await
+        self.publish_keeping_creation(endpoint).await?;
+        if self.elected {
+            self.withdraw_stale_endpoints(snapshot).await?;
+        }
+        Ok(())
+    }
+
+    /// Endpoints of this cluster other than ours: left by gateways that
+    /// lost the election or crashed.
+    async fn withdraw_stale_endpoints(&self, snapshot: &Snapshot) -> Result<(), AgentError> {
+        let ours = self.local_endpoint.object_name();
+        for stale in snapshot
+            .endpoints
+            .iter()
+            .filter(|e| e.cluster_id() == self.config.cluster_id && e.metadata.name != ours)
+        {
+            tracing::info!(endpoint = %stale.metadata.name, "removing an endpoint of an earlier gateway");
+            self.broker
+                .withdraw::<Spec<EndpointSpec>>(&stale.metadata.name)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Publishes `object`, keeping the creation time of the copy already
@@ -251,7 +310,14 @@ impl<B: Broker> GatewayRole<B> {
             self.probe();
         }
 
-        self.publish_status(plan).await?;
+        // A broker that cannot be written to stops nothing here: the
+        // tunnel keeps what it has and the next pass writes again.
+        if let Err(e) = self.publish_identity(snapshot).await {
+            tracing::warn!(error = %e, "publishing this cluster and its endpoint failed");
+        }
+        if let Err(e) = self.publish_status(plan).await {
+            tracing::warn!(error = %e, "publishing the gateway status failed");
+        }
         self.metrics.sync_iterations.inc();
         Ok(())
     }
@@ -278,7 +344,7 @@ impl<B: Broker> GatewayRole<B> {
     }
 
     fn gateway_name(&self) -> String {
-        format!("{}-{}", self.config.cluster_id, self.config.node.name)
+        gateway_name(&self.config)
     }
 
     pub fn probe(&self) {

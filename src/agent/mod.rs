@@ -1,5 +1,6 @@
-//! The node agent: roles (the gateway here; the route agent and globalnet
-//! to come), the reconcile loop and health checks.
+//! The node agent: its roles (the gateway on the configured or elected
+//! gateway node, the route agent on every node), the reconcile loop and
+//! health checks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -8,8 +9,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::admin::{self, AdminState};
 use crate::broker::dir::DirBroker;
+use crate::broker::kube::{KubeBroker, Namespace};
 use crate::broker::{Broker, BrokerError, BrokerLocation};
 use crate::metrics::Metrics;
 use crate::net::vxlan::VXLAN_IF;
@@ -22,11 +26,13 @@ use crate::tunnel::DeviceError;
 pub mod config;
 pub mod gateway;
 pub mod health;
+pub mod kubernetes;
 pub mod lease;
 pub mod node;
 
 use config::AgentConfig;
 use gateway::{GatewayRole, TUNNEL_IF};
+use lease::{LeaderElector, Leadership};
 use node::RouteAgent;
 
 /// Reconcile at least this often, even when nothing announced a change.
@@ -58,13 +64,17 @@ pub enum AgentError {
     Health { source: std::io::Error },
     #[error("nftables: {0}")]
     Nft(#[from] crate::net::nft::NftError),
+    #[error("gateway election: {0}")]
+    Lease(#[from] lease::LeaseConfigError),
+    #[error("Kubernetes API: {what}: {message}")]
+    Kubernetes { what: String, message: String },
     #[error("{0} is not supported yet")]
     Unsupported(String),
 }
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(
-    config: AgentConfig,
+    mut config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let metrics = Arc::new(Metrics::new());
@@ -80,51 +90,193 @@ pub async fn run(
         })?;
     tokio::spawn(admin::serve(listener, admin_state.clone()));
 
-    let BrokerLocation::Dir(path) = &config.broker;
-    let broker = DirBroker::open(path, &config.cluster_id)?;
-    let netlink = Netlink::connect()?;
+    let local = match &config.kubernetes {
+        Some(kubernetes_config) => {
+            let local = kubernetes::connect_local(kubernetes_config).await?;
+            kubernetes::resolve_node(&local, &mut config.node).await?;
+            Some(local)
+        }
+        None => None,
+    };
+    let roles = Roles {
+        metrics,
+        admin_state,
+    };
+    match config.broker.clone() {
+        BrokerLocation::Dir(path) => {
+            let broker = DirBroker::open(&path, &config.cluster_id)?;
+            roles.run(config, broker, local, shutdown).await
+        }
+        BrokerLocation::Kube(kubeconfig) => {
+            let Some(local) = local else {
+                return Err(AgentError::Unsupported(
+                    "a kube: broker without the kubernetes: section".into(),
+                ));
+            };
+            let remote = crate::broker::kube::connect(&kubeconfig).await?;
+            let broker = KubeBroker::start(remote, local.clone(), &config.cluster_id);
+            roles.run(config, broker, Some(local), shutdown).await
+        }
+    }
+}
 
-    let probe_interval = config.health_interval();
-    let local = LocalFacts {
-        cluster_id: config.cluster_id.clone(),
-        subnets: config.subnets(),
-    };
-    let mut gateway = match config.node.gateway {
-        true => Some(
-            GatewayRole::start(config.clone(), broker.clone(), netlink.clone(), metrics).await?,
-        ),
-        false => None,
-    };
-    let route_agent = RouteAgent::start(&config, netlink.clone()).await?;
-    let mut changes = broker.changes();
-    let mut kernel_changes = crate::net::events::watch()?;
-    let mut reconcile_timer = tokio::time::interval(RECONCILE_PERIOD);
-    let mut probe_timer = tokio::time::interval(probe_interval);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = probe_timer.tick() => {
-                if let Some(gateway) = &gateway {
-                    gateway.probe();
+/// How this node comes to be its cluster's gateway.
+enum Candidacy {
+    /// It never is.
+    None,
+    /// Configured as the gateway (outside Kubernetes mode).
+    Configured,
+    /// One of the candidates electing the active gateway by a Lease.
+    Elected {
+        leadership: watch::Receiver<Leadership>,
+        elector: LeaderElector,
+    },
+}
+
+impl Candidacy {
+    fn active(&self) -> bool {
+        match self {
+            Candidacy::None => false,
+            Candidacy::Configured => true,
+            Candidacy::Elected { leadership, .. } => leadership.borrow().leading,
+        }
+    }
+}
+
+/// What the roles share across the run.
+struct Roles {
+    metrics: Arc<Metrics>,
+    admin_state: Arc<AdminState>,
+}
+
+impl Roles {
+    async fn run<B: Broker>(
+        self,
+        config: AgentConfig,
+        broker: Arc<B>,
+        local: Option<Namespace>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        let netlink = Netlink::connect()?;
+        let local_facts = LocalFacts {
+            cluster_id: config.cluster_id.clone(),
+            subnets: config.subnets(),
+        };
+        let candidacy = match (&local, &config.kubernetes) {
+            _ if !config.node.gateway => Candidacy::None,
+            (Some(local), Some(kubernetes_config)) => {
+                let (leadership, elector) = LeaderElector::spawn(
+                    local.client.clone(),
+                    &local.name,
+                    kubernetes::GATEWAY_LEASE,
+                    &config.node.name,
+                    kubernetes_config.lease.config()?,
+                );
+                Candidacy::Elected {
+                    leadership,
+                    elector,
                 }
-                continue;
             }
-            _ = changes.changed() => {}
-            _ = kernel_changes.changed() => {}
-            _ = reconcile_timer.tick() => {}
+            _ => Candidacy::Configured,
+        };
+        // A configured gateway that cannot start is a configuration
+        // problem: say so and stop. An elected one retries every pass.
+        let mut gateway = match candidacy {
+            Candidacy::Configured => Some(
+                self.start_gateway(&config, &broker, &netlink, false)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let mut passive_published = false;
+        let route_agent = RouteAgent::start(&config, netlink.clone()).await?;
+        let mut changes = broker.changes();
+        let mut kernel_changes = crate::net::events::watch()?;
+        let mut leadership_changes = match &candidacy {
+            Candidacy::Elected { leadership, .. } => leadership.clone(),
+            _ => watch::channel(Leadership::default()).1,
+        };
+        let mut reconcile_timer = tokio::time::interval(RECONCILE_PERIOD);
+        let mut probe_timer = tokio::time::interval(config.health_interval());
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = probe_timer.tick() => {
+                    if let Some(gateway) = &gateway {
+                        gateway.probe();
+                    }
+                    continue;
+                }
+                _ = changes.changed() => {}
+                _ = kernel_changes.changed() => {}
+                Ok(()) = leadership_changes.changed() => {}
+                _ = reconcile_timer.tick() => {}
+            }
+            if let Candidacy::Elected { .. } = candidacy {
+                let active = candidacy.active();
+                if active && gateway.is_none() {
+                    tracing::info!("elected the active gateway");
+                    match self.start_gateway(&config, &broker, &netlink, true).await {
+                        Ok(role) => gateway = Some(role),
+                        Err(e) => tracing::error!(error = %e, "could not start the gateway role"),
+                    }
+                    passive_published = false;
+                } else if !active {
+                    if let Some(role) = gateway.take() {
+                        tracing::info!("no longer the active gateway: standing by");
+                        role.stop().await;
+                    }
+                    if !passive_published {
+                        match gateway::publish_passive(&config, &*broker).await {
+                            Ok(()) => passive_published = true,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "publishing the passive gateway status failed")
+                            }
+                        }
+                    }
+                }
+            }
+            match reconcile(
+                &*broker,
+                &local_facts,
+                gateway.as_mut(),
+                &route_agent,
+                &netlink,
+            )
+            .await
+            {
+                Ok(()) => self.admin_state.ready.store(true, Ordering::Relaxed),
+                // A failed pass leaves what works in place; the next one retries.
+                Err(e) => tracing::error!(error = %e, "reconcile failed"),
+            }
         }
-        match reconcile(&*broker, &local, gateway.as_mut(), &route_agent, &netlink).await {
-            Ok(()) => admin_state.ready.store(true, Ordering::Relaxed),
-            // A failed pass leaves what works in place; the next one retries.
-            Err(e) => tracing::error!(error = %e, "reconcile failed"),
+        tracing::info!("agent stopping");
+        if let Some(gateway) = &gateway {
+            gateway.stop().await;
         }
+        if let Candidacy::Elected { elector, .. } = candidacy {
+            elector.release().await;
+        }
+        Ok(())
     }
-    tracing::info!("agent stopping");
-    if let Some(gateway) = &gateway {
-        gateway.stop().await;
+
+    async fn start_gateway<B: Broker>(
+        &self,
+        config: &AgentConfig,
+        broker: &Arc<B>,
+        netlink: &Netlink,
+        elected: bool,
+    ) -> Result<GatewayRole<B>, AgentError> {
+        GatewayRole::start(
+            config.clone(),
+            broker.clone(),
+            netlink.clone(),
+            self.metrics.clone(),
+            elected,
+        )
+        .await
     }
-    Ok(())
 }
 
 /// One pass: broker → plan → each role → the node's routes.

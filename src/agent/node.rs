@@ -34,7 +34,7 @@ impl RouteAgent {
     /// Finds the node's underlay link and CNI address; the VXLAN device
     /// itself is (re)made on every reconcile if missing.
     pub async fn start(config: &AgentConfig, netlink: Netlink) -> Result<RouteAgent, AgentError> {
-        let IpAddr::V4(node_ip) = config.node.ip else {
+        let IpAddr::V4(node_ip) = config.node_ip() else {
             return Err(AgentError::Unsupported(
                 "an IPv6 node address for the VXLAN overlay".into(),
             ));
@@ -42,7 +42,7 @@ impl RouteAgent {
         let addresses = netlink.all_addresses().await?;
         let underlay = addresses
             .iter()
-            .find(|(_, ip)| *ip == config.node.ip)
+            .find(|(_, ip)| *ip == config.node_ip())
             .map(|(index, _)| *index)
             .ok_or_else(|| {
                 AgentError::Unsupported(format!("node.ip {node_ip}: no link of this node has it"))

@@ -151,6 +151,7 @@ fn schema_of<B: JsonSchema>() -> JSONSchemaProps {
         .into_generator();
     let mut schema = serde_json::to_value(generator.into_root_schema_for::<B>())
         .expect("a schemars schema is JSON");
+    drop_defaults(&mut schema);
     let object = schema
         .as_object_mut()
         .expect("a body's schema is an object");
@@ -164,6 +165,20 @@ fn schema_of<B: JsonSchema>() -> JSONSchemaProps {
     properties.insert("kind".into(), json!({ "type": "string" }));
     properties.insert("metadata".into(), json!({ "type": "object" }));
     serde_json::from_value(schema).expect("a structural schema is a JSONSchemaProps")
+}
+
+/// Removes `default`s: the serde defaults that let Strait read sparse
+/// objects must not become values the API server writes into them (a
+/// defaulted empty `cluster_id` would even fail its own length check).
+fn drop_defaults(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(map) => {
+            map.remove("default");
+            map.values_mut().for_each(drop_defaults);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_defaults),
+        _ => {}
+    }
 }
 
 fn definition(d: &Definition) -> CustomResourceDefinition {
@@ -300,5 +315,6 @@ mod tests {
                 .is_object()
         );
         assert!(version.get("subresources").is_none());
+        assert!(!gateway.to_string().contains("\"default\""));
     }
 }

@@ -13,15 +13,18 @@ use tokio::sync::watch;
 pub mod crd;
 pub mod dir;
 pub mod globalnet;
+pub mod kube;
 pub mod mcs;
 pub mod types;
 
 use types::{Cluster, Endpoint, Gateway, Kind, Object};
 
-/// Where the broker is, as written in configurations: `dir:PATH`.
+/// Where the broker is, as written in configurations: `dir:PATH`, or
+/// `kube:KUBECONFIG` (the broker namespace is the kubeconfig context's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerLocation {
     Dir(PathBuf),
+    Kube(PathBuf),
 }
 
 impl FromStr for BrokerLocation {
@@ -30,7 +33,10 @@ impl FromStr for BrokerLocation {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("dir", path)) if !path.is_empty() => Ok(BrokerLocation::Dir(path.into())),
-            _ => Err(format!("{s:?} is not a broker location: expected dir:PATH")),
+            Some(("kube", path)) if !path.is_empty() => Ok(BrokerLocation::Kube(path.into())),
+            _ => Err(format!(
+                "{s:?} is not a broker location: expected dir:PATH or kube:KUBECONFIG"
+            )),
         }
     }
 }
@@ -39,6 +45,7 @@ impl fmt::Display for BrokerLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BrokerLocation::Dir(path) => write!(f, "dir:{}", path.display()),
+            BrokerLocation::Kube(path) => write!(f, "kube:{}", path.display()),
         }
     }
 }
@@ -87,6 +94,12 @@ pub enum BrokerError {
         kind: &'static str,
         name: String,
         owner: String,
+    },
+    #[error("{op} {target}: {message}")]
+    Kube {
+        op: &'static str,
+        target: String,
+        message: String,
     },
     #[error("encoding {kind} {name}: {message}")]
     Encode {

@@ -1,9 +1,13 @@
 //! `strait show connections|endpoints|gateways|networks|all`: the cluster
 //! set as the broker holds it, as tables.
 
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::broker::dir::read_snapshot;
+use crate::broker::kube;
 use crate::broker::{BrokerLocation, Snapshot};
 
 #[derive(Debug, Clone, Args)]
@@ -11,9 +15,17 @@ pub struct ShowArgs {
     /// What to show.
     #[arg(value_enum)]
     pub what: What,
-    /// The broker: `dir:PATH`.
+    /// The broker: `dir:PATH` or `kube:KUBECONFIG`.
     #[arg(long)]
     pub broker: BrokerLocation,
+    /// With a `kube:` broker, the local cluster whose Gateway objects to
+    /// show (in `--namespace`); without it gateways and connections are
+    /// not shown.
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The local cluster's Strait namespace.
+    #[arg(long, default_value = "strait")]
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -26,8 +38,26 @@ pub enum What {
 }
 
 pub fn run(args: ShowArgs) -> anyhow::Result<()> {
-    let BrokerLocation::Dir(path) = &args.broker;
-    let snapshot = read_snapshot(path)?;
+    let snapshot = match &args.broker {
+        BrokerLocation::Dir(path) => read_snapshot(path)?,
+        BrokerLocation::Kube(kubeconfig) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(async {
+                let broker = kube::connect(kubeconfig).await?;
+                let local = match &args.kubeconfig {
+                    Some(path) => Some(kube::Namespace {
+                        name: args.namespace.clone(),
+                        ..kube::connect(path).await?
+                    }),
+                    None => None,
+                };
+                kube::read_snapshot(&broker, local.as_ref()).await
+            })?
+        }
+    };
     print!("{}", render(&snapshot, args.what));
     Ok(())
 }

@@ -1,0 +1,453 @@
+//! Agents in Kubernetes mode: every simulated cluster has a real
+//! kube-apiserver (in its LAN namespace) holding its Node objects, the
+//! broker is a third one (on the WAN). Gateways find each other through
+//! the broker's API, candidates elect the active gateway by a Lease, and
+//! the dataplane outlives a broker outage.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeAddress, NodeStatus};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::Client;
+use strait_netns_tests::cluster::{ClusterSet, ClusterSpec, NodeSpec, Options};
+use strait_netns_tests::kube::{block_on_in_netns, ApiServer, ApiServerOptions};
+use strait_netns_tests::wait_until;
+
+const BROKER_NAMESPACE: &str = "submariner-k8s-broker";
+const STRAIT_NAMESPACE: &str = "strait";
+/// The broker API server's address on the WAN bridge.
+const BROKER_IP: &str = "198.51.100.250";
+/// Short lease times: a crashed gateway is replaced within seconds.
+const LEASE: &str =
+    "  lease: { duration_ms: 3000, renew_deadline_ms: 2000, retry_period_ms: 500 }\n";
+
+/// A cluster set whose clusters and broker are real API servers. Fields
+/// drop in order: the API servers before the namespaces they run in.
+struct KubeSet {
+    locals: BTreeMap<String, ApiServer>,
+    broker: ApiServer,
+    set: ClusterSet,
+}
+
+fn resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("submariner.io", "v1", kind), plural)
+}
+
+/// A client; made inside the runtime that will drive it.
+fn client_of(config: kube::Config) -> Client {
+    Client::try_from(config).expect("building a kube client")
+}
+
+/// A kubeconfig of `server`'s admin whose context namespace is `namespace`.
+fn kubeconfig_in(server: &ApiServer, namespace: &str) -> String {
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(&server.admin_kubeconfig()).expect("parsing a kubeconfig");
+    let context = &mut config["contexts"][0]["context"];
+    context["namespace"] = serde_yaml::Value::String(namespace.into());
+    serde_yaml::to_string(&config).expect("writing a kubeconfig")
+}
+
+/// Applies every CRD and waits until the server serves them; makes
+/// `namespace`.
+async fn install(client: Client, namespace: &str) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("strait-netns-tests").force();
+    for crd in strait::broker::crd::all() {
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for crd in strait::broker::crd::all() {
+        let name = crd.metadata.name.clone().unwrap();
+        loop {
+            let established = crds
+                .get(&name)
+                .await
+                .ok()
+                .and_then(|c| c.status)
+                .is_some_and(|s| {
+                    s.conditions
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                });
+            if established {
+                break;
+            }
+            assert!(Instant::now() < deadline, "CRD {name} never established");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(client);
+    let object = Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
+}
+
+/// Registers a node as a kubelet would: its InternalIP, and the gateway
+/// label on candidates.
+async fn register_node(client: Client, name: String, ip: String, candidate: bool) {
+    let nodes: Api<Node> = Api::all(client);
+    let mut labels = BTreeMap::new();
+    if candidate {
+        labels.insert("submariner.io/gateway".to_string(), "true".to_string());
+    }
+    let node = Node {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap_or_else(|e| panic!("creating Node {name}: {e}"));
+    let status = Node {
+        status: Some(NodeStatus {
+            addresses: Some(vec![NodeAddress {
+                type_: "InternalIP".into(),
+                address: ip,
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    nodes
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("setting the status of Node {name}: {e}"));
+}
+
+/// Turns a node's generated (directory broker) configuration into
+/// Kubernetes mode: the broker API, the local API, and no address or
+/// gateway flag (the Node object has them).
+fn kube_mode_config(text: &str, broker_kubeconfig: &str, local_kubeconfig: &str) -> String {
+    let mut out: String = text
+        .lines()
+        .filter(|l| !l.starts_with("  ip: ") && !l.starts_with("  gateway: "))
+        .map(|l| match l.starts_with("broker: ") {
+            true => format!("broker: kube:{broker_kubeconfig}\n"),
+            false => format!("{l}\n"),
+        })
+        .collect();
+    out.push_str(&format!(
+        "kubernetes:\n  kubeconfig: {local_kubeconfig}\n  namespace: {STRAIT_NAMESPACE}\n{LEASE}"
+    ));
+    out
+}
+
+impl KubeSet {
+    /// Builds the clusters, starts the broker API server and one per
+    /// cluster, registers the nodes and starts every agent.
+    fn start(specs: &[ClusterSpec]) -> KubeSet {
+        let mut set = ClusterSet::empty(Options::new());
+        for spec in specs {
+            set.add_cluster(spec.clone());
+        }
+        set.wan().ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{BROKER_IP}/24"),
+            "dev",
+            "br0",
+        ]);
+        let broker = ApiServer::start_with(
+            ApiServerOptions::default()
+                .tag("broker")
+                .in_netns(set.wan().name(), BROKER_IP.parse().unwrap()),
+        );
+        let config = broker.admin_config();
+        block_on_in_netns(set.wan().name(), move || async move {
+            install(client_of(config), BROKER_NAMESPACE).await
+        });
+        let broker_kubeconfig = set.root().join("broker.kubeconfig");
+        std::fs::write(&broker_kubeconfig, kubeconfig_in(&broker, BROKER_NAMESPACE)).unwrap();
+
+        let mut locals = BTreeMap::new();
+        for spec in specs {
+            let cluster = set.cluster(&spec.id);
+            let api_ip = format!("172.16.{}.250", spec.index);
+            cluster
+                .lan()
+                .ok(&["ip", "addr", "add", &format!("{api_ip}/24"), "dev", "br0"]);
+            let local = ApiServer::start_with(
+                ApiServerOptions::default()
+                    .tag(&spec.id)
+                    .in_netns(cluster.lan().name(), api_ip.parse::<IpAddr>().unwrap()),
+            );
+            let config = local.admin_config();
+            let nodes: Vec<(String, String, bool)> = cluster
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.lan_ip.to_string(), n.gateway))
+                .collect();
+            block_on_in_netns(cluster.lan().name(), move || async move {
+                let client = client_of(config);
+                install(client.clone(), STRAIT_NAMESPACE).await;
+                for (name, ip, candidate) in nodes {
+                    register_node(client.clone(), name, ip, candidate).await;
+                }
+            });
+            let local_kubeconfig = set.root().join(format!("{}.kubeconfig", spec.id));
+            std::fs::write(&local_kubeconfig, kubeconfig_in(&local, STRAIT_NAMESPACE)).unwrap();
+            for node in &cluster.nodes {
+                let text = std::fs::read_to_string(&node.config_path).unwrap();
+                let text = kube_mode_config(
+                    &text,
+                    &broker_kubeconfig.to_string_lossy(),
+                    &local_kubeconfig.to_string_lossy(),
+                );
+                std::fs::write(&node.config_path, text).unwrap();
+            }
+            locals.insert(spec.id.clone(), local);
+        }
+        let mut kube_set = KubeSet {
+            locals,
+            broker,
+            set,
+        };
+        for spec in specs {
+            kube_set.set.start_cluster(&spec.id);
+        }
+        for spec in specs {
+            kube_set.set.wait_cluster_ready(&spec.id);
+        }
+        kube_set
+    }
+
+    /// Runs `f` with an admin client of cluster `id`'s API server.
+    fn local<T: Send + 'static, Fut: std::future::Future<Output = T>>(
+        &self,
+        id: &str,
+        f: impl FnOnce(Client) -> Fut + Send + 'static,
+    ) -> T {
+        let config = self.locals[id].admin_config();
+        block_on_in_netns(self.set.cluster(id).lan().name(), move || async move {
+            f(client_of(config)).await
+        })
+    }
+
+    /// Cluster `id`'s Gateway objects: (node name, haStatus, connected
+    /// remote clusters).
+    fn gateways(&self, id: &str) -> Vec<(String, String, Vec<String>)> {
+        self.local(id, |client| async move {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client, STRAIT_NAMESPACE, &resource("Gateway", "gateways"));
+            let items = api
+                .list(&Default::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            items
+                .into_iter()
+                .map(|g| {
+                    let status = &g.data["status"];
+                    let connected = status["connections"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|c| c["status"] == "connected")
+                        .filter_map(|c| c["endpoint"]["cluster_id"].as_str())
+                        .map(String::from)
+                        .collect();
+                    (
+                        status["localEndpoint"]["hostname"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        status["haStatus"].as_str().unwrap_or_default().to_string(),
+                        connected,
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// The node whose Gateway says `active`, once exactly one does and it
+    /// is connected to every cluster in `remotes`.
+    fn wait_active_connected(&self, id: &str, remotes: &[&str], limit: Duration) -> String {
+        let mut active = String::new();
+        wait_until(
+            &format!("one active gateway of {id} connected to {remotes:?}"),
+            limit,
+            || {
+                let gateways = self.gateways(id);
+                let actives: Vec<_> = gateways.iter().filter(|g| g.1 == "active").collect();
+                match actives.as_slice() {
+                    [one] if remotes.iter().all(|r| one.2.iter().any(|c| c == r)) => {
+                        active = one.0.clone();
+                        true
+                    }
+                    _ => false,
+                }
+            },
+        );
+        active
+    }
+
+    fn lease_holder(&self, id: &str) -> Option<String> {
+        self.local(id, |client| async move {
+            Api::<Lease>::namespaced(client, STRAIT_NAMESPACE)
+                .get("strait-gateway")
+                .await
+                .ok()
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity)
+                .filter(|h| !h.is_empty())
+        })
+    }
+
+    /// The names of cluster `id`'s Endpoint objects in the broker.
+    fn broker_endpoints(&self, id: &str) -> Vec<String> {
+        let config = self.broker.admin_config();
+        let id = id.to_string();
+        block_on_in_netns(self.set.wan().name(), move || async move {
+            let client = client_of(config);
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client, BROKER_NAMESPACE, &resource("Endpoint", "endpoints"));
+            let items = api
+                .list(&Default::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
+            items
+                .into_iter()
+                .filter(|e| e.data["spec"]["cluster_id"] == id.as_str())
+                .filter_map(|e| e.metadata.name)
+                .collect()
+        })
+    }
+}
+
+#[test]
+fn gateways_meet_through_the_broker_api_and_candidates_elect_one_active() {
+    let mut kube = KubeSet::start(&[
+        ClusterSpec::new(
+            "east",
+            1,
+            vec![NodeSpec::gateway("gw1", 1), NodeSpec::gateway("gw2", 1)],
+        ),
+        ClusterSpec::single_gateway("west", 2, 1),
+    ]);
+    let limit = Duration::from_secs(60);
+    kube.wait_active_connected("west", &["east"], limit);
+    let first = kube.wait_active_connected("east", &["west"], limit);
+    let gateways = kube.gateways("east");
+    assert_eq!(gateways.len(), 2, "{gateways:?}");
+    let standby = gateways.iter().find(|g| g.0 != first).unwrap();
+    assert_eq!(standby.1, "passive", "{gateways:?}");
+    assert_eq!(kube.lease_holder("east").as_deref(), Some(first.as_str()));
+    // Both east pods (one on each candidate) reach west's pod and back.
+    let west_pod = kube.set.cluster("west").pod(0);
+    for n in 0..2 {
+        let east_pod = kube.set.cluster("east").pod(n);
+        assert!(east_pod.ping(west_pod), "east pod {n} cannot reach west");
+        assert!(west_pod.ping(east_pod), "west cannot reach east pod {n}");
+    }
+
+    // The active gateway stops (releasing its lease): the other takes over.
+    let (clean, log) = kube.set.cluster_mut("east").node_mut(&first).stop_agent();
+    assert!(clean, "the active gateway did not stop cleanly:\n{log}");
+    let second = kube.wait_active_connected("east", &["west"], limit);
+    assert_ne!(second, first);
+    assert_eq!(kube.lease_holder("east").as_deref(), Some(second.as_str()));
+    wait_until(
+        "the broker to hold only the new gateway's endpoint",
+        limit,
+        || kube.broker_endpoints("east").len() == 1,
+    );
+    let east_pod = kube.set.cluster("east").pod(0);
+    let west_pod = kube.set.cluster("west").pod(0);
+    wait_until("east to reach west again", limit, || {
+        east_pod.ping_once(west_pod.ip, 2)
+    });
+    assert!(west_pod.ping(east_pod));
+}
+
+#[test]
+fn traffic_outlives_a_broker_outage_and_a_change_made_meanwhile_is_picked_up() {
+    let mut kube = KubeSet::start(&[
+        ClusterSpec::single_gateway("east", 1, 1),
+        ClusterSpec::single_gateway("west", 2, 1),
+        ClusterSpec::single_gateway("north", 3, 1),
+    ]);
+    // North stays out until the broker is gone.
+    kube.set
+        .cluster_mut("north")
+        .node_mut("north-gw")
+        .stop_agent();
+    let limit = Duration::from_secs(60);
+    kube.wait_active_connected("east", &["west"], limit);
+    kube.wait_active_connected("west", &["east"], limit);
+
+    kube.broker.stop();
+    // North joins while the broker is down: it cannot publish yet.
+    kube.set
+        .cluster_mut("north")
+        .node_mut("north-gw")
+        .start_agent();
+    let east_pod = kube.set.cluster("east").pod(0);
+    let west_pod = kube.set.cluster("west").pod(0);
+    // 30 s of pings at 5 per second through the outage.
+    let out = east_pod.ns.exec(&[
+        "ping",
+        "-q",
+        "-i",
+        "0.2",
+        "-c",
+        "150",
+        "-W",
+        "1",
+        &west_pod.ip.to_string(),
+    ]);
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    let counts = summary
+        .lines()
+        .find(|l| l.contains(" received"))
+        .unwrap_or_default();
+    println!("OUTAGE: {counts}");
+    let received: u32 = summary
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" received"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        received >= 145,
+        "pings lost while the broker was down:\n{summary}"
+    );
+    let gateways = kube.gateways("east");
+    assert!(
+        gateways.iter().any(|g| g.2.contains(&"west".to_string())),
+        "east dropped its connection to west during the outage: {gateways:?}"
+    );
+
+    kube.broker.restart();
+    for (id, remotes) in [
+        ("east", ["west", "north"]),
+        ("west", ["east", "north"]),
+        ("north", ["east", "west"]),
+    ] {
+        kube.wait_active_connected(id, &remotes, limit);
+    }
+    let north_pod = kube.set.cluster("north").pod(0);
+    assert!(east_pod.ping(north_pod));
+    assert!(north_pod.ping(west_pod));
+}
