@@ -19,6 +19,7 @@ use kube::runtime::wait::{await_condition, conditions};
 use super::apply::{apply, create_once, Applied};
 use super::broker_info::{BrokerAccess, BrokerInfo, PSK_KEY, PSK_SECRET_NAME};
 use super::globalnet_info::GlobalnetSettings;
+use super::manifests::NAMESPACE_NAME_LABEL;
 use super::{connect, rbac, token, SetupError};
 
 /// Submariner's default broker namespace.
@@ -56,6 +57,7 @@ pub async fn deploy_broker(
     let namespace = Namespace {
         metadata: ObjectMeta {
             name: Some(ns.into()),
+            labels: Some([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())].into()),
             ..Default::default()
         },
         ..Default::default()

@@ -28,6 +28,9 @@ pub const BROKER_KUBECONFIG_KEY: &str = "kubeconfig";
 pub const BROKER_PSK_KEY: &str = "psk";
 pub const BROKER_DIR: &str = "/etc/strait/broker";
 pub const PRIVATE_KEY_FILE: &str = "/var/lib/strait/private.key";
+/// The label the API server gives every namespace, its name: applied as
+/// it is, so that applying a namespace again changes nothing.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 /// `deploy/` as `join` applies it, in this order.
 const FILES: &[(&str, &str)] = &[
@@ -133,6 +136,11 @@ impl Manifests {
     pub fn for_cluster(namespace: &str, image: Option<&str>, agent_config: String) -> Manifests {
         let mut m = Manifests::embedded();
         m.namespace.metadata.name = Some(namespace.into());
+        m.namespace
+            .metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(NAMESPACE_NAME_LABEL.into(), namespace.into());
         for meta in [
             &mut m.service_account.metadata,
             &mut m.role.metadata,
@@ -413,6 +421,10 @@ mod tests {
             "cluster_id: a\n".into(),
         );
         assert_eq!(m.namespace.metadata.name.as_deref(), Some("net-a"));
+        assert_eq!(
+            m.namespace.metadata.labels.as_ref().unwrap()[NAMESPACE_NAME_LABEL],
+            "net-a"
+        );
         for ns in [
             &m.service_account.metadata.namespace,
             &m.daemon_set.metadata.namespace,
