@@ -584,3 +584,113 @@ cable: {{ psk_file: /etc/strait/broker/psk, private_key_file: /var/lib/strait/pr
     assert_eq!(code, 422, "{message}");
     assert!(message.contains("nat_enabled"), "{message}");
 }
+
+/// A broker-info file as `subctl deploy-broker` writes it, with the access
+/// of `info`: Go's field names, Secrets without apiVersion and kind, a
+/// broker URL without scheme.
+fn subctl_file(info: &serde_yaml::Value) -> String {
+    let token = &info["ClientToken"]["data"];
+    let field = |v: &serde_yaml::Value, key: &str| v[key].as_str().unwrap().to_string();
+    let json = format!(
+        r#"{{"brokerURL":"{url}","ClientToken":{{"metadata":{{"name":"submariner-k8s-broker-admin-token-x","creationTimestamp":null}},"data":{{"ca.crt":"{ca}","namespace":"{ns}","token":"{token}"}},"type":"kubernetes.io/service-account-token"}},"IPSecPSK":{{"metadata":{{"name":"submariner-ipsec-psk","creationTimestamp":null}},"data":{{"psk":"{psk}"}}}},"ServiceDiscovery":true,"Components":["service-discovery","connectivity","globalnet"],"CustomDomains":null}}"#,
+        url = field(info, "brokerURL").trim_start_matches("https://"),
+        ca = field(token, "ca.crt"),
+        ns = field(token, "namespace"),
+        token = field(token, "token"),
+        psk = field(&info["IPSecPSK"]["data"], "psk"),
+    );
+    URL_SAFE.encode(json)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_globalnet_clusters_with_the_same_cidrs_join_also_from_a_subctl_file() {
+    let (broker, a, b) = std::thread::scope(|s| {
+        let broker = s.spawn(|| start("gbroker", "10.0.0.0/24"));
+        let a = s.spawn(|| start("ga", "10.0.0.0/24"));
+        let b = s.spawn(|| start("gb", "10.0.0.0/24"));
+        (broker.join().unwrap(), a.join().unwrap(), b.join().unwrap())
+    });
+    let scratch = Scratch::new("kube-globalnet");
+    let info_file = scratch.path("broker-info.subm");
+    let broker_kubeconfig = broker.kubeconfig_path();
+    succeeds(&[
+        "deploy-broker",
+        "--kubeconfig",
+        path(&broker_kubeconfig),
+        "--globalnet",
+        "--globalnet-cidr-range",
+        "242.0.0.0/16",
+        "--globalnet-cluster-size",
+        "256",
+        "--output",
+        path(&info_file),
+    ]);
+    let globalnet = Api::<ConfigMap>::namespaced(broker.client(), BROKER_NS)
+        .get("submariner-globalnet-info")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(globalnet["globalnetEnabled"], "true");
+    assert_eq!(globalnet["globalnetCidrRange"], "242.0.0.0/16");
+    assert_eq!(globalnet["globalnetClusterSize"], "256");
+    let info = broker_info_json(&info_file);
+    assert!(info["Components"]
+        .as_sequence()
+        .unwrap()
+        .contains(&"globalnet".into()));
+    // Other globalnet settings on a re-run: refused, the ConfigMap kept.
+    let message = refused(&[
+        "deploy-broker",
+        "--kubeconfig",
+        path(&broker_kubeconfig),
+        "--output",
+        path(&scratch.path("other.subm")),
+    ]);
+    assert!(message.contains("other globalnet settings"), "{message}");
+
+    for cluster in [&a, &b] {
+        create_nodes(&cluster.client(), &[("node-1", "10.1.0.0/24")]).await;
+    }
+    let out = succeeds(&[
+        "join",
+        path(&info_file),
+        "--clusterid",
+        "a",
+        "--kubeconfig",
+        path(&a.kubeconfig_path()),
+    ]);
+    assert!(
+        out.contains("discovered service CIDRs 10.0.0.0/24"),
+        "{out}"
+    );
+    let subctl = scratch.path("subctl.subm");
+    std::fs::write(&subctl, subctl_file(&info)).unwrap();
+    let out = succeeds(&[
+        "join",
+        path(&subctl),
+        "--clusterid",
+        "b",
+        "--kubeconfig",
+        path(&b.kubeconfig_path()),
+    ]);
+    assert!(
+        out.contains("globalnet is on: overlapping CIDRs are allowed"),
+        "{out}"
+    );
+    let (b_account, secret) = cluster_account(&b.client()).await;
+    assert_eq!(
+        secret.data.unwrap()["psk"].0,
+        data(&info["IPSecPSK"], "psk")
+    );
+    let b_cluster = clusters(&b_account)
+        .get("b")
+        .await
+        .expect("b reads its Cluster");
+    assert_eq!(b_cluster.data["spec"]["cluster_cidr"][0], "10.1.0.0/24");
+    let a_cluster = clusters(&b_account)
+        .get("a")
+        .await
+        .expect("b reads a's Cluster");
+    assert_eq!(a_cluster.data["spec"]["cluster_cidr"][0], "10.1.0.0/24");
+}
