@@ -583,6 +583,22 @@ cable: {{ psk_file: /etc/strait/broker/psk, private_key_file: /var/lib/strait/pr
     );
     assert_eq!(code, 422, "{message}");
     assert!(message.contains("nat_enabled"), "{message}");
+
+    // Joining again keeps what others wrote into the Cluster object.
+    let again = succeeds(&[
+        "join",
+        info,
+        "--clusterid",
+        "east",
+        "--kubeconfig",
+        path(&east_kubeconfig),
+    ]);
+    assert!(
+        again.contains("broker: Cluster submariner-k8s-broker/east: unchanged"),
+        "{again}"
+    );
+    let east_cluster = clusters(&broker_admin).get("east").await.unwrap();
+    assert_eq!(east_cluster.data["spec"]["color_codes"][0], "blue");
 }
 
 /// A broker-info file as `subctl deploy-broker` writes it, with the access

@@ -2,13 +2,20 @@
 //! what makes `deploy-broker` and `join` safe to run again.
 
 use std::fmt;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{SetupError, FIELD_MANAGER};
+
+/// How long a CRD may take to be served.
+const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -57,11 +64,26 @@ where
     K::DynamicType: Default,
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
-    apply_as(api, object, &kind).await
+    apply_as(api, object, &kind, FIELD_MANAGER).await
 }
 
-/// [`apply`] for objects whose kind is not in their type (dynamic ones).
-pub async fn apply_as<K>(api: &Api<K>, object: &K, kind: &str) -> Result<(K, Applied), SetupError>
+/// [`apply`], saying only what changed.
+pub async fn applied<K>(api: Api<K>, object: &K) -> Result<Applied, SetupError>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + fmt::Debug,
+    K::DynamicType: Default,
+{
+    Ok(apply(&api, object).await?.1)
+}
+
+/// [`apply`] for objects whose kind is not in their type (dynamic ones),
+/// as field manager `manager`.
+pub async fn apply_as<K>(
+    api: &Api<K>,
+    object: &K,
+    kind: &str,
+    manager: &str,
+) -> Result<(K, Applied), SetupError>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + fmt::Debug,
 {
@@ -69,7 +91,7 @@ where
     let shown = qualified_name(object.meta().namespace.as_deref(), &name);
     let op = format!("applying {kind} {shown}");
     let before = api.get_opt(&name).await.map_err(SetupError::api(&op))?;
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams::apply(manager).force();
     let after = api
         .patch(&name, &params, &Patch::Apply(object))
         .await
@@ -122,4 +144,28 @@ where
             change,
         },
     ))
+}
+
+/// Applies every CRD of [`crate::broker::crd`] and waits until the API
+/// server serves them all.
+pub async fn apply_crds(client: &kube::Client) -> Result<Vec<Applied>, SetupError> {
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let mut applied = Vec::new();
+    for crd in crate::broker::crd::all() {
+        applied.push(apply(&crds, &crd).await?.1);
+    }
+    for crd in crate::broker::crd::all() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+        match tokio::time::timeout(ESTABLISHED_TIMEOUT, established).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                return Err(SetupError::Timeout(format!(
+                    "CRD {name} to be established: {e}"
+                )))
+            }
+            Err(_) => return Err(SetupError::Timeout(format!("CRD {name} to be established"))),
+        }
+    }
+    Ok(applied)
 }

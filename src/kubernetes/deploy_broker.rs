@@ -10,13 +10,11 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::Api;
-use kube::runtime::wait::{await_condition, conditions};
 
-use super::apply::{apply, create_once, Applied};
+use super::apply::{apply, apply_crds, create_once, Applied};
 use super::broker_info::{BrokerAccess, BrokerInfo, PSK_KEY, PSK_SECRET_NAME};
 use super::globalnet_info::GlobalnetSettings;
 use super::manifests::NAMESPACE_NAME_LABEL;
@@ -26,8 +24,6 @@ use super::{connect, rbac, token, SetupError};
 pub const DEFAULT_NAMESPACE: &str = "submariner-k8s-broker";
 /// Submariner's PSK length, in random bytes.
 const PSK_LENGTH: usize = 48;
-/// How long a CRD may take to be served.
-const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct DeployBrokerOptions {
@@ -68,14 +64,8 @@ pub async fn deploy_broker(
             .1,
     );
 
-    let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    for crd in crate::broker::crd::all() {
-        let (_, applied) = apply(&crds, &crd).await?;
-        report(applied);
-    }
-    for crd in crate::broker::crd::all() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        wait_established(&crds, &name).await?;
+    for crd in apply_crds(&client).await? {
+        report(crd);
     }
 
     let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
@@ -157,20 +147,6 @@ pub async fn deploy_broker(
         info,
         token_expires: admin_token.expires,
     })
-}
-
-async fn wait_established(
-    crds: &Api<CustomResourceDefinition>,
-    name: &str,
-) -> Result<(), SetupError> {
-    let established = await_condition(crds.clone(), name, conditions::is_crd_established());
-    match tokio::time::timeout(ESTABLISHED_TIMEOUT, established).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(SetupError::Timeout(format!(
-            "CRD {name} to be established: {e}"
-        ))),
-        Err(_) => Err(SetupError::Timeout(format!("CRD {name} to be established"))),
-    }
 }
 
 fn psk_secret(namespace: &str) -> Result<Secret, SetupError> {

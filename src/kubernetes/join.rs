@@ -14,16 +14,12 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::ServiceCIDR;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use kube::runtime::wait::{await_condition, conditions};
 use serde_json::json;
 
-use super::apply::{apply, apply_as, Applied};
+use super::apply::{applied, apply_as, apply_crds, Applied};
 use super::broker_info::{BrokerAccess, BrokerInfo};
 use super::manifests::{self, BrokerKubeconfig, Manifests};
 use super::networks::{cidr_conflicts, cluster_id_problem};
@@ -33,7 +29,10 @@ use crate::broker::types::{ClusterSpec, CLUSTER_ID_LABEL};
 
 /// The label that makes a node a gateway candidate, as in Submariner.
 pub const GATEWAY_LABEL: &str = "submariner.io/gateway";
-const ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+/// The field manager of the `Cluster` fields `join` writes: not the
+/// agents' (`strait`), whose applies would otherwise drop the fields only
+/// they set, and the other way round.
+pub const JOIN_FIELD_MANAGER: &str = "strait-join";
 
 #[derive(Debug, Clone)]
 pub struct JoinOptions {
@@ -93,46 +92,60 @@ fn service_monitor_resource() -> ApiResource {
     }
 }
 
+/// What the checks found, for the steps after them.
+struct Checked {
+    /// The joining cluster's identity (see the module's documentation).
+    identity: String,
+    cluster_cidrs: Vec<IpNet>,
+    service_cidrs: Vec<IpNet>,
+    nodes: Vec<Node>,
+}
+
 pub async fn join(opts: &JoinOptions, report: &mut dyn FnMut(Event)) -> Result<(), SetupError> {
     let (_, access) = read_broker_info(&opts.broker_info)?;
     if let Some(problem) = cluster_id_problem(&opts.cluster_id) {
         return Err(SetupError::Refused(problem));
     }
-    let id = opts.cluster_id.as_str();
     let broker = broker_client(&access)?;
-    let bns = access.namespace.as_str();
     let local = connect(opts.kubeconfig.as_deref()).await?.client;
     report(Event::Note(format!(
-        "broker {} namespace {bns}",
-        access.url
+        "broker {} namespace {}",
+        access.url, access.namespace
     )));
+    let checked = check(opts, &access, &broker, &local, report).await?;
+    register(opts, &checked, &access, &broker, report).await?;
+    install(opts, &checked, &access, &local, report).await?;
+    label_gateway(&local, &checked.nodes, report).await
+}
 
-    // Checks, before anything is created.
-    let identity = cluster_identity(&local).await?;
+/// Everything that may refuse the join, before anything is created.
+async fn check(
+    opts: &JoinOptions,
+    access: &BrokerAccess,
+    broker: &kube::Client,
+    local: &kube::Client,
+    report: &mut dyn FnMut(Event),
+) -> Result<Checked, SetupError> {
+    let id = opts.cluster_id.as_str();
+    let bns = access.namespace.as_str();
+    let identity = cluster_identity(local).await?;
     let account = rbac::cluster_account(id);
-    let accounts = Api::<ServiceAccount>::namespaced(broker.clone(), bns);
-    let clusters = Api::<DynamicObject>::namespaced_with(broker.clone(), bns, &cluster_resource());
-    let existing_account = accounts
+    let existing_account = Api::<ServiceAccount>::namespaced(broker.clone(), bns)
         .get_opt(&account)
         .await
         .map_err(SetupError::api(format!(
             "reading ServiceAccount {bns}/{account} on the broker"
         )))?;
-    let registered = clusters
+    let others: Vec<ClusterSpec> = broker_clusters(broker, bns)
         .list(&Default::default())
         .await
-        .map_err(SetupError::api("listing the broker's clusters"))?;
-    let others: Vec<ClusterSpec> = registered
+        .map_err(SetupError::api("listing the broker's clusters"))?
         .items
         .iter()
         .filter_map(|c| serde_json::from_value(c.data["spec"].clone()).ok())
         .collect();
-    if let Some(reason) = id_taken(
-        id,
-        &identity,
-        existing_account.as_ref(),
-        others.iter().any(|c| c.cluster_id == id),
-    ) {
+    let registered = others.iter().any(|c| c.cluster_id == id);
+    if let Some(reason) = id_taken(id, &identity, existing_account.as_ref(), registered) {
         return Err(SetupError::Refused(reason));
     }
 
@@ -157,7 +170,7 @@ pub async fn join(opts: &JoinOptions, report: &mut dyn FnMut(Event)) -> Result<(
         opts.cluster_cidrs.clone()
     };
     let service_cidrs = if opts.service_cidrs.is_empty() {
-        let found = discover_service_cidrs(&local).await?;
+        let found = discover_service_cidrs(local).await?;
         report(Event::Note(format!(
             "discovered service CIDRs {}",
             list(&found)
@@ -166,11 +179,12 @@ pub async fn join(opts: &JoinOptions, report: &mut dyn FnMut(Event)) -> Result<(
     } else {
         opts.service_cidrs.clone()
     };
-    let globalnet_info = Api::<ConfigMap>::namespaced(broker.clone(), bns)
+
+    let globalnet = Api::<ConfigMap>::namespaced(broker.clone(), bns)
         .get_opt(globalnet_info::NAME)
         .await
         .map_err(SetupError::api("reading the broker's globalnet settings"))?;
-    if globalnet_info::enabled(globalnet_info.as_ref()) {
+    if globalnet_info::enabled(globalnet.as_ref()) {
         report(Event::Note(
             "globalnet is on: overlapping CIDRs are allowed".into(),
         ));
@@ -188,128 +202,111 @@ pub async fn join(opts: &JoinOptions, report: &mut dyn FnMut(Event)) -> Result<(
             )));
         }
     }
+    Ok(Checked {
+        identity,
+        cluster_cidrs,
+        service_cidrs,
+        nodes,
+    })
+}
 
-    // The cluster's account on the broker.
-    let annotations = BTreeMap::from([(rbac::CLUSTER_IDENTITY_ANNOTATION.to_string(), identity)]);
+/// The cluster's account on the broker, and its `Cluster` object: written
+/// now, so that a cluster joining before our agents start sees our CIDRs.
+async fn register(
+    opts: &JoinOptions,
+    checked: &Checked,
+    access: &BrokerAccess,
+    broker: &kube::Client,
+    report: &mut dyn FnMut(Event),
+) -> Result<(), SetupError> {
+    let id = opts.cluster_id.as_str();
+    let bns = access.namespace.as_str();
+    let account = rbac::cluster_account(id);
+    let annotations = BTreeMap::from([(
+        rbac::CLUSTER_IDENTITY_ANNOTATION.to_string(),
+        checked.identity.clone(),
+    )]);
     let sa = rbac::service_account(&account, bns, annotations);
-    report(Event::Broker(apply(&accounts, &sa).await?.1));
+    report(Event::Broker(
+        applied(Api::namespaced(broker.clone(), bns), &sa).await?,
+    ));
     let role = rbac::cluster_role(id, bns);
     report(Event::Broker(
-        apply(&Api::<Role>::namespaced(broker.clone(), bns), &role)
-            .await?
-            .1,
+        applied(Api::namespaced(broker.clone(), bns), &role).await?,
     ));
     let binding = rbac::role_binding(&account, bns);
     report(Event::Broker(
-        apply(
-            &Api::<RoleBinding>::namespaced(broker.clone(), bns),
-            &binding,
-        )
-        .await?
-        .1,
+        applied(Api::namespaced(broker.clone(), bns), &binding).await?,
     ));
-    // Registered now, so that a cluster joining before our agents start
-    // sees our CIDRs.
-    let cluster = cluster_object(id, bns, &cluster_cidrs, &service_cidrs);
-    report(Event::Broker(
-        apply_as(&clusters, &cluster, "Cluster").await?.1,
-    ));
-
-    let ns = opts.namespace.as_str();
-    let secrets = Api::<Secret>::namespaced(local.clone(), ns);
-    let token = cluster_token(
-        &broker_access_for(&access, &account, ""),
-        &secrets,
-        &access,
-        opts,
+    let cluster = cluster_object(id, bns, &checked.cluster_cidrs, &checked.service_cidrs);
+    let (_, applied) = apply_as(
+        &broker_clusters(broker, bns),
+        &cluster,
+        "Cluster",
+        JOIN_FIELD_MANAGER,
     )
     .await?;
-    let kubeconfig = broker_access_for(&access, &account, &token).to_yaml();
+    report(Event::Broker(applied));
+    Ok(())
+}
 
-    // Strait in the cluster.
+/// Strait in the cluster: the CRDs, `deploy/` patched for it, and its
+/// broker Secret.
+async fn install(
+    opts: &JoinOptions,
+    checked: &Checked,
+    access: &BrokerAccess,
+    local: &kube::Client,
+    report: &mut dyn FnMut(Event),
+) -> Result<(), SetupError> {
+    let id = opts.cluster_id.as_str();
+    let ns = opts.namespace.as_str();
     let m = Manifests::for_cluster(
         ns,
         opts.image.as_deref(),
-        manifests::agent_config(id, ns, &cluster_cidrs, &service_cidrs),
+        manifests::agent_config(id, ns, &checked.cluster_cidrs, &checked.service_cidrs),
     );
-    let mut installed = Vec::new();
-    installed.push(
-        apply(&Api::<Namespace>::all(local.clone()), &m.namespace)
-            .await?
-            .1,
-    );
-    let crds = Api::<CustomResourceDefinition>::all(local.clone());
-    for crd in crate::broker::crd::all() {
-        installed.push(apply(&crds, &crd).await?.1);
+    let c = local;
+    report(Event::Cluster(
+        applied(Api::all(c.clone()), &m.namespace).await?,
+    ));
+    for crd in apply_crds(c).await? {
+        report(Event::Cluster(crd));
     }
-    for crd in crate::broker::crd::all() {
-        let name = crd.metadata.name.clone().unwrap_or_default();
-        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
-        if !matches!(
-            tokio::time::timeout(ESTABLISHED_TIMEOUT, established).await,
-            Ok(Ok(_))
-        ) {
-            return Err(SetupError::Timeout(format!("CRD {name} to be established")));
-        }
-    }
-    for applied in installed {
-        report(Event::Cluster(applied));
-    }
-    let c = &local;
-    report(Event::Cluster(
-        apply(
-            &Api::<ServiceAccount>::namespaced(c.clone(), ns),
-            &m.service_account,
-        )
-        .await?
-        .1,
-    ));
-    report(Event::Cluster(
-        apply(&Api::<ClusterRole>::all(c.clone()), &m.cluster_role)
-            .await?
-            .1,
-    ));
-    report(Event::Cluster(
-        apply(
-            &Api::<ClusterRoleBinding>::all(c.clone()),
-            &m.cluster_role_binding,
-        )
-        .await?
-        .1,
-    ));
-    report(Event::Cluster(
-        apply(&Api::<Role>::namespaced(c.clone(), ns), &m.role)
-            .await?
-            .1,
-    ));
-    report(Event::Cluster(
-        apply(
-            &Api::<RoleBinding>::namespaced(c.clone(), ns),
-            &m.role_binding,
-        )
-        .await?
-        .1,
-    ));
-    report(Event::Cluster(
-        apply(&Api::<ConfigMap>::namespaced(c.clone(), ns), &m.config_map)
-            .await?
-            .1,
-    ));
+    let installed = [
+        applied(Api::namespaced(c.clone(), ns), &m.service_account).await?,
+        applied(Api::all(c.clone()), &m.cluster_role).await?,
+        applied(Api::all(c.clone()), &m.cluster_role_binding).await?,
+        applied(Api::namespaced(c.clone(), ns), &m.role).await?,
+        applied(Api::namespaced(c.clone(), ns), &m.role_binding).await?,
+        applied(Api::namespaced(c.clone(), ns), &m.config_map).await?,
+    ];
+    installed
+        .into_iter()
+        .for_each(|a| report(Event::Cluster(a)));
+
+    let secrets = Api::<Secret>::namespaced(c.clone(), ns);
+    let account = rbac::cluster_account(id);
+    let token = cluster_token(
+        &broker_access_for(access, &account, ""),
+        &secrets,
+        access,
+        opts,
+    )
+    .await?;
+    let kubeconfig = broker_access_for(access, &account, &token).to_yaml();
     let secret = manifests::broker_secret(ns, kubeconfig, &access.psk);
-    report(Event::Cluster(apply(&secrets, &secret).await?.1));
+    report(Event::Cluster(applied(secrets, &secret).await?));
     report(Event::Cluster(
-        apply(&Api::<DaemonSet>::namespaced(c.clone(), ns), &m.daemon_set)
-            .await?
-            .1,
+        applied(Api::namespaced(c.clone(), ns), &m.daemon_set).await?,
     ));
     report(Event::Cluster(
-        apply(&Api::<Service>::namespaced(c.clone(), ns), &m.service)
-            .await?
-            .1,
+        applied(Api::namespaced(c.clone(), ns), &m.service).await?,
     ));
+
     let monitors =
         Api::<DynamicObject>::namespaced_with(c.clone(), ns, &service_monitor_resource());
-    match apply_as(&monitors, &m.service_monitor, "ServiceMonitor").await {
+    match apply_as(&monitors, &m.service_monitor, "ServiceMonitor", FIELD_MANAGER).await {
         Ok((_, applied)) => report(Event::Cluster(applied)),
         Err(SetupError::Api {
             error: kube::Error::Api(status),
@@ -320,8 +317,11 @@ pub async fn join(opts: &JoinOptions, report: &mut dyn FnMut(Event)) -> Result<(
         )),
         Err(e) => return Err(e),
     }
+    Ok(())
+}
 
-    label_gateway(c, &nodes, report).await
+fn broker_clusters(broker: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(broker.clone(), namespace, &cluster_resource())
 }
 
 /// A stable identity of the cluster behind `client`.
@@ -412,19 +412,21 @@ fn list(cidrs: &[IpNet]) -> String {
         .join(",")
 }
 
+/// The `Cluster` fields `join` knows; the others (`color_codes`,
+/// `global_cidr`) are left to whoever sets them.
 fn cluster_object(id: &str, namespace: &str, pods: &[IpNet], services: &[IpNet]) -> DynamicObject {
     let mut object = DynamicObject::new(id, &cluster_resource()).within(namespace);
     object.metadata.labels = Some(BTreeMap::from([(
         CLUSTER_ID_LABEL.to_string(),
         id.to_string(),
     )]));
-    let spec = ClusterSpec {
-        cluster_id: id.into(),
-        cluster_cidr: pods.iter().map(ToString::to_string).collect(),
-        service_cidr: services.iter().map(ToString::to_string).collect(),
-        ..Default::default()
-    };
-    object.data = json!({ "spec": spec });
+    object.data = json!({
+        "spec": {
+            "cluster_id": id,
+            "cluster_cidr": pods.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "service_cidr": services.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }
+    });
     object
 }
 
@@ -586,6 +588,22 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_cluster_object_holds_only_what_join_knows() {
+        let object = cluster_object(
+            "east",
+            "broker",
+            &["10.1.0.0/16".parse().unwrap()],
+            &["10.96.0.0/16".parse().unwrap()],
+        );
+        assert_eq!(
+            object.data["spec"],
+            json!({ "cluster_id": "east", "cluster_cidr": ["10.1.0.0/16"], "service_cidr": ["10.96.0.0/16"] })
+        );
+        assert_eq!(object.metadata.labels.unwrap()[CLUSTER_ID_LABEL], "east");
+        assert_eq!(object.metadata.namespace.as_deref(), Some("broker"));
     }
 
     #[test]
