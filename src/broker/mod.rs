@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::watch;
 
 pub mod dir;
+pub mod globalnet;
 pub mod types;
 
 use types::{Cluster, Endpoint, Gateway, Kind, Object};
