@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::broker::BrokerLocation;
+use crate::plan::globalnet;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +32,29 @@ pub struct AgentConfig {
     /// is where wg(8) looks, so `wg show strait-wg` works on the node.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Global addresses for clusters whose CIDRs overlap.
+    #[serde(default)]
+    pub globalnet: GlobalnetConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalnetConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The cluster set's global range; each cluster gets a slice of it.
+    #[serde(default = "default_global_range")]
+    pub cidr_range: ipnet::Ipv4Net,
+    /// Addresses per cluster slice: a power of two.
+    #[serde(default = "default_cluster_size")]
+    pub cluster_size: u32,
+    /// The cluster's egress pool (Submariner's `ClusterGlobalEgressIP`).
+    #[serde(default = "default_egress_ips")]
+    pub egress_ips: u32,
+    /// `dir` mode's exported services: one `<name>.yaml` per export
+    /// (`name`, `address`, `port`, `protocol`), read on every pass.
+    #[serde(default)]
+    pub exports_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +112,30 @@ pub struct HealthConfig {
     /// first host address of the first pod CIDR.
     #[serde(default)]
     pub ip: Option<IpAddr>,
+}
+
+fn default_global_range() -> ipnet::Ipv4Net {
+    globalnet::DEFAULT_RANGE
+}
+
+fn default_cluster_size() -> u32 {
+    globalnet::DEFAULT_CLUSTER_SIZE
+}
+
+fn default_egress_ips() -> u32 {
+    globalnet::DEFAULT_EGRESS_IPS
+}
+
+impl Default for GlobalnetConfig {
+    fn default() -> Self {
+        GlobalnetConfig {
+            enabled: false,
+            cidr_range: default_global_range(),
+            cluster_size: default_cluster_size(),
+            egress_ips: default_egress_ips(),
+            exports_dir: None,
+        }
+    }
 }
 
 fn default_metrics_address() -> SocketAddr {
@@ -230,6 +278,35 @@ impl AgentConfig {
                 );
             }
         }
+        self.check_globalnet()
+    }
+
+    fn check_globalnet(&self) -> Result<(), (String, String)> {
+        let g = &self.globalnet;
+        if !g.enabled {
+            return Ok(());
+        }
+        let fail = |field: &str, message: String| Err((format!("globalnet.{field}"), message));
+        let prefix = match globalnet::slice_prefix(g.cidr_range, g.cluster_size) {
+            Ok(prefix) => prefix,
+            Err(e) => return fail("cluster_size", e.to_string()),
+        };
+        // Every slice has the same layout: check it on the first.
+        let first = ipnet::Ipv4Net::new(g.cidr_range.network(), prefix).expect("a valid prefix");
+        if let Err(e) = globalnet::SliceLayout::new(first, g.egress_ips) {
+            return fail("egress_ips", e.to_string());
+        }
+        let range = IpNet::V4(g.cidr_range.trunc());
+        if let Some(net) = self
+            .subnets()
+            .into_iter()
+            .find(|n| range.contains(&n.network()) || n.contains(&range.network()))
+        {
+            return fail(
+                "cidr_range",
+                format!("{range} overlaps this cluster's {net}: global addresses must be outside every cluster CIDR"),
+            );
+        }
         Ok(())
     }
 
@@ -320,5 +397,39 @@ broker: dir:/tmp/broker
         assert_eq!(field, "health.ip");
         let (field, _) = error_of(&MINIMAL.replace("pod_cidrs: [10.1.0.0/16]", "pod_cidrs: []"));
         assert_eq!(field, "cluster.pod_cidrs");
+    }
+
+    #[test]
+    fn globalnet_takes_submariners_defaults() {
+        let config =
+            AgentConfig::parse(&format!("{MINIMAL}globalnet: {{ enabled: true }}\n")).unwrap();
+        let g = &config.globalnet;
+        assert_eq!(g.cidr_range.to_string(), "242.0.0.0/8");
+        assert_eq!((g.cluster_size, g.egress_ips), (65_536, 8));
+        assert_eq!(g.exports_dir, None);
+        assert!(!AgentConfig::parse(MINIMAL).unwrap().globalnet.enabled);
+    }
+
+    #[test]
+    fn bad_globalnet_settings_are_refused_with_a_reason() {
+        let with = |g: &str| format!("{MINIMAL}globalnet: {{ enabled: true, {g} }}\n");
+        let (field, message) = error_of(&with("cluster_size: 16, egress_ips: 15"));
+        assert_eq!(field, "globalnet.egress_ips");
+        assert!(message.contains("does not fit"), "{message}");
+        let (field, _) = error_of(&with("cluster_size: 1000"));
+        assert_eq!(field, "globalnet.cluster_size");
+        let (field, _) = error_of(&with("cidr_range: 242.0.0.0/16, cluster_size: 131072"));
+        assert_eq!(field, "globalnet.cluster_size");
+        let (field, message) = error_of(&with("cidr_range: 10.0.0.0/8"));
+        assert_eq!(field, "globalnet.cidr_range");
+        assert!(
+            message.contains("overlaps this cluster's 10.1.0.0/16"),
+            "{message}"
+        );
+        // Off, the same settings are not checked.
+        assert!(AgentConfig::parse(&format!(
+            "{MINIMAL}globalnet: {{ cidr_range: 10.0.0.0/8 }}\n"
+        ))
+        .is_ok());
     }
 }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
 use super::config::AgentConfig;
@@ -19,6 +20,7 @@ use crate::broker::{Broker, Skipped, Snapshot};
 use crate::metrics::Metrics;
 use crate::net::Netlink;
 use crate::plan::gateway::{peer_changes, GatewayPlan, RemotePeer};
+use crate::plan::globalnet::SliceLayout;
 use crate::plan::routes::{gateway_routes, Route};
 use crate::tunnel::uapi::{PeerReport, SetRequest};
 use crate::tunnel::uapi_socket::UapiSocket;
@@ -41,6 +43,10 @@ pub struct GatewayRole<B: Broker> {
     metrics: Arc<Metrics>,
     psk: Key,
     local_endpoint: EndpointSpec,
+    /// The probe source and answer address, on the tunnel device.
+    health_ip: IpAddr,
+    /// With globalnet, this cluster's slice of the global range.
+    global_cidr: Option<Ipv4Net>,
     /// When this gateway started: its status object's creation time.
     started: String,
     reported_skips: HashSet<Skipped>,
@@ -92,12 +98,15 @@ fn now_rfc3339() -> String {
 
 impl<B: Broker> GatewayRole<B> {
     /// Brings up the tunnel device and publishes this cluster and its
-    /// endpoint.
+    /// endpoint. With globalnet (`global`), the endpoint announces the
+    /// cluster's global CIDR instead of its own, and the health check uses
+    /// a global address.
     pub async fn start(
         config: AgentConfig,
         broker: Arc<B>,
         netlink: Netlink,
         metrics: Arc<Metrics>,
+        global: Option<SliceLayout>,
     ) -> Result<Self, AgentError> {
         crate::net::sysctl::ensure_ipv4_forwarding()?;
         let private_key = load_or_create_key(&config.cable.private_key_file)?;
@@ -116,7 +125,13 @@ impl<B: Broker> GatewayRole<B> {
         });
 
         let index = netlink.ensure_link_up(TUNNEL_IF, TUNNEL_MTU).await?;
-        let health_ip = config.health_check_ip();
+        let health_ip = global
+            .map(|g| IpAddr::V4(g.health_check_ip()))
+            .unwrap_or_else(|| config.health_check_ip());
+        let subnets = match global {
+            Some(g) => vec![g.cidr.to_string()],
+            None => config.subnets().iter().map(ToString::to_string).collect(),
+        };
         netlink.ensure_host_address(index, health_ip).await?;
         let IpAddr::V4(health_v4) = health_ip else {
             return Err(AgentError::Unsupported(
@@ -139,7 +154,7 @@ impl<B: Broker> GatewayRole<B> {
             ),
             health_check_ip: health_ip.to_string(),
             hostname: config.node.name.clone(),
-            subnets: config.subnets().iter().map(ToString::to_string).collect(),
+            subnets,
             private_ip: config.node.ip.to_string(),
             public_ip: config
                 .node
@@ -163,6 +178,8 @@ impl<B: Broker> GatewayRole<B> {
             metrics,
             psk,
             local_endpoint,
+            health_ip,
+            global_cidr: global.map(|g| g.cidr),
             started: now_rfc3339(),
             reported_skips: HashSet::new(),
             reported_refusals: HashSet::new(),
@@ -183,7 +200,7 @@ impl<B: Broker> GatewayRole<B> {
                     color_codes: vec!["blue".into()],
                     service_cidr: strings(&config.cluster.service_cidrs),
                     cluster_cidr: strings(&config.cluster.pod_cidrs),
-                    global_cidr: Vec::new(),
+                    global_cidr: self.global_cidr.iter().map(ToString::to_string).collect(),
                 },
             },
             now_rfc3339(),
@@ -258,7 +275,7 @@ impl<B: Broker> GatewayRole<B> {
 
     /// The routes into the tunnel for every connected remote subnet.
     pub fn routes(&self, plan: &GatewayPlan) -> BTreeSet<Route> {
-        gateway_routes(plan, TUNNEL_IF, self.config.health_check_ip())
+        gateway_routes(plan, TUNNEL_IF, self.health_ip)
     }
 
     /// Stops the health checker's thread; the device goes when dropped.

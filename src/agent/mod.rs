@@ -21,11 +21,13 @@ use crate::tunnel::DeviceError;
 
 pub mod config;
 pub mod gateway;
+pub mod globalnet;
 pub mod health;
 pub mod node;
 
 use config::AgentConfig;
 use gateway::{GatewayRole, TUNNEL_IF};
+use globalnet::GlobalnetRole;
 use node::RouteAgent;
 
 /// Reconcile at least this often, even when nothing announced a change.
@@ -57,6 +59,13 @@ pub enum AgentError {
     Health { source: std::io::Error },
     #[error("nftables: {0}")]
     Nft(#[from] crate::net::nft::NftError),
+    #[error("globalnet: {0}")]
+    Globalnet(#[from] crate::broker::globalnet::ClaimError),
+    #[error("state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} is not supported yet")]
     Unsupported(String),
 }
@@ -84,13 +93,29 @@ pub async fn run(
     let netlink = Netlink::connect()?;
 
     let probe_interval = config.health_interval();
+    // Globalnet translates on the gateway; the other nodes only route.
+    let mut globalnet = match config.node.gateway && config.globalnet.enabled {
+        true => Some(GlobalnetRole::start(&config, path, metrics.clone())?),
+        false => None,
+    };
+    let global = globalnet.as_ref().map(GlobalnetRole::layout);
     let local = LocalFacts {
         cluster_id: config.cluster_id.clone(),
-        subnets: config.subnets(),
+        subnets: match global {
+            Some(g) => vec![g.cidr.into()],
+            None => config.subnets(),
+        },
     };
     let mut gateway = match config.node.gateway {
         true => Some(
-            GatewayRole::start(config.clone(), broker.clone(), netlink.clone(), metrics).await?,
+            GatewayRole::start(
+                config.clone(),
+                broker.clone(),
+                netlink.clone(),
+                metrics,
+                global,
+            )
+            .await?,
         ),
         false => None,
     };
@@ -113,7 +138,12 @@ pub async fn run(
             _ = kernel_changes.changed() => {}
             _ = reconcile_timer.tick() => {}
         }
-        match reconcile(&*broker, &local, gateway.as_mut(), &route_agent, &netlink).await {
+        let roles = Roles {
+            gateway: gateway.as_mut(),
+            globalnet: globalnet.as_mut(),
+            route_agent: &route_agent,
+        };
+        match reconcile(&*broker, &local, roles, &netlink).await {
             Ok(()) => admin_state.ready.store(true, Ordering::Relaxed),
             // A failed pass leaves what works in place; the next one retries.
             Err(e) => tracing::error!(error = %e, "reconcile failed"),
@@ -126,22 +156,34 @@ pub async fn run(
     Ok(())
 }
 
+/// The roles this node plays.
+struct Roles<'a, B: Broker> {
+    gateway: Option<&'a mut GatewayRole<B>>,
+    globalnet: Option<&'a mut GlobalnetRole>,
+    route_agent: &'a RouteAgent,
+}
+
 /// One pass: broker → plan → each role → the node's routes.
 async fn reconcile<B: Broker>(
     broker: &B,
     local: &LocalFacts,
-    gateway: Option<&mut GatewayRole<B>>,
-    route_agent: &RouteAgent,
+    roles: Roles<'_, B>,
     netlink: &Netlink,
 ) -> Result<(), AgentError> {
     let snapshot = broker.snapshot().await?;
     let plan = plan(local, &snapshot.endpoints);
     let mut desired = BTreeSet::new();
-    if let Some(gateway) = gateway {
+    if let Some(gateway) = roles.gateway {
         gateway.reconcile(&snapshot, &plan).await?;
         desired.extend(gateway.routes(&plan));
     }
-    desired.extend(route_agent.reconcile(&snapshot, &plan).await?);
+    let translation = roles.globalnet.map(GlobalnetRole::reconcile).transpose()?;
+    desired.extend(
+        roles
+            .route_agent
+            .reconcile(&snapshot, &plan, translation)
+            .await?,
+    );
 
     let mut devices = BTreeMap::new();
     for name in [TUNNEL_IF, VXLAN_IF] {

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use super::config::AgentConfig;
 use super::AgentError;
 use crate::broker::Snapshot;
-use crate::net::nft::{NftPlan, NftTable};
+use crate::net::nft::{GlobalnetNft, NftPlan, NftTable};
 use crate::net::vxlan::{
     overlay_address, VxlanParams, VXLAN_IF, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI,
 };
@@ -87,12 +87,14 @@ impl RouteAgent {
         })
     }
 
-    /// Makes the VXLAN device and its default destination right; returns
-    /// the routes this node wants in Strait's table.
+    /// Makes the VXLAN device and its default destination right, and the
+    /// nft table (with globalnet's translation on a globalnet gateway);
+    /// returns the routes this node wants in Strait's table.
     pub async fn reconcile(
         &self,
         snapshot: &Snapshot,
         connections: &GatewayPlan,
+        globalnet: Option<GlobalnetNft>,
     ) -> Result<BTreeSet<Route>, AgentError> {
         let active = active_gateway(&self.facts.cluster_id, &snapshot.endpoints);
         let plan = node_plan(&self.facts, active, connections);
@@ -113,6 +115,7 @@ impl RouteAgent {
                 .flat_map(|p| p.subnets.clone())
                 .collect(),
             mss: self.mss,
+            globalnet,
         };
         let nft = self.nft.clone();
         tokio::task::spawn_blocking(move || nft.lock().ensure(&nft_plan))
