@@ -267,6 +267,27 @@ fn overlapping_clusters_reach_exported_services_through_global_ips() {
         );
     }
 
+    // An ingress IP is for remote clusters: a host on the WAN sending to
+    // it through b's gateway is not let in.
+    let wan = set.wan();
+    wan.ok(&["ip", "addr", "add", "198.51.100.200/24", "dev", "br0"]);
+    let b_wan = b.gateway().wan_ip.unwrap().to_string();
+    wan.ok(&["ip", "route", "add", "242.0.0.0/8", "via", &b_wan]);
+    let stranger = wan.exec(&[
+        env!("CARGO_BIN_EXE_tcp-echo"),
+        "request",
+        &format!("{}:{ECHO_PORT}", at("b", EXPORT)),
+        "16",
+        &b.pod(0).tag(),
+        "--timeout",
+        "2",
+    ]);
+    assert!(
+        !stranger.status.success(),
+        "a WAN host reached b's export: {}",
+        String::from_utf8_lossy(&stranger.stdout)
+    );
+
     // The health checks run between global addresses too.
     set.wait_connected(Duration::from_secs(20));
     for cluster in [a, b] {

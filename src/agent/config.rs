@@ -287,6 +287,12 @@ impl AgentConfig {
             return Ok(());
         }
         let fail = |field: &str, message: String| Err((format!("globalnet.{field}"), message));
+        if let Some(ip) = self.health.ip {
+            return Err((
+                "health.ip".into(),
+                format!("{ip}: with globalnet the health-check address is the last of the cluster's global CIDR"),
+            ));
+        }
         let prefix = match globalnet::slice_prefix(g.cidr_range, g.cluster_size) {
             Ok(prefix) => prefix,
             Err(e) => return fail("cluster_size", e.to_string()),
@@ -416,6 +422,11 @@ broker: dir:/tmp/broker
         let (field, message) = error_of(&with("cluster_size: 16, egress_ips: 15"));
         assert_eq!(field, "globalnet.egress_ips");
         assert!(message.contains("does not fit"), "{message}");
+        let (field, _) = error_of(&format!(
+            "{}health: {{ ip: 10.1.0.1 }}\n",
+            with("cluster_size: 256")
+        ));
+        assert_eq!(field, "health.ip");
         let (field, _) = error_of(&with("cluster_size: 1000"));
         assert_eq!(field, "globalnet.cluster_size");
         let (field, _) = error_of(&with("cidr_range: 242.0.0.0/16, cluster_size: 131072"));

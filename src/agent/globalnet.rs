@@ -16,6 +16,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use super::config::AgentConfig;
+use super::gateway::TUNNEL_IF;
 use super::AgentError;
 use crate::broker::globalnet::claim_slice;
 use crate::metrics::Metrics;
@@ -140,7 +141,7 @@ impl GlobalnetRole {
             self.state = state;
         }
         self.report();
-        Ok(nft_rules(&self.layout, &exports, &ingress))
+        Ok(nft_rules(TUNNEL_IF, &self.layout, &exports, &ingress))
     }
 
     /// The exports of the exports directory, and the refused ones with

@@ -25,7 +25,8 @@
 //!   to the cluster's egress pool (ahead of the identity SNAT, which would
 //!   otherwise bind the connection untranslated);
 //! - chain `prerouting` (nat, `dstnat - 10`) DNATs each exported service's
-//!   ingress IP and port to the service's address.
+//!   ingress IP and port to the service's address, for traffic out of the
+//!   tunnel only (what a remote cluster's gateway sent).
 //!
 //! Every rule has a counter and a unique comment ([`counters`] reads them
 //! back by comment). The table carries a comment holding a hash of its
@@ -87,6 +88,8 @@ pub struct NftPlan {
 /// Globalnet's address translation on the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GlobalnetNft {
+    /// The tunnel device: ingress IPs are translated for its traffic.
+    pub tunnel: String,
     /// The egress pool, first and last address.
     pub egress: (Ipv4Addr, Ipv4Addr),
     pub ingress: Vec<IngressRule>,
@@ -217,8 +220,8 @@ fn render_body(plan: &NftPlan) -> String {
             .map(|r| {
                 (
                     format!(
-                        "ip daddr {} {} dport {} counter dnat ip to {}:{}",
-                        r.global_ip, r.protocol, r.port, r.target, r.port
+                        "iifname \"{}\" ip daddr {} {} dport {} counter dnat ip to {}:{}",
+                        globalnet.tunnel, r.global_ip, r.protocol, r.port, r.target, r.port
                     ),
                     format!("{GLOBALNET_INGRESS} {}", r.name),
                 )
@@ -812,6 +815,7 @@ mod tests {
             remote_subnets: nets(&["242.1.0.0/16"]),
             mss: None,
             globalnet: Some(GlobalnetNft {
+                tunnel: "strait-wg".into(),
                 egress: ("242.0.0.1".parse().unwrap(), "242.0.0.8".parse().unwrap()),
                 ingress: exports
                     .iter()
@@ -844,7 +848,7 @@ mod tests {
         assert!(egress < identity, "{script}");
         assert!(l.contains(&"type nat hook prerouting priority dstnat - 10; policy accept;"));
         assert!(l.contains(
-            &"ip daddr 242.0.0.9 tcp dport 7777 counter dnat ip to 10.1.1.2:7777 comment \"globalnet ingress web\""
+            &"iifname \"strait-wg\" ip daddr 242.0.0.9 tcp dport 7777 counter dnat ip to 10.1.1.2:7777 comment \"globalnet ingress web\""
         ));
     }
 

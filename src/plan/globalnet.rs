@@ -214,13 +214,15 @@ pub fn allocate_ingress(
 }
 
 /// The gateway's translation rules: the egress pool and one DNAT per
-/// export that has an ingress IP.
+/// export that has an ingress IP, for traffic out of `tunnel`.
 pub fn nft_rules(
+    tunnel: &str,
     layout: &SliceLayout,
     exports: &[Export],
     ingress: &BTreeMap<String, Ipv4Addr>,
 ) -> GlobalnetNft {
     GlobalnetNft {
+        tunnel: tunnel.to_string(),
         egress: layout.egress_pool(),
         ingress: exports
             .iter()
@@ -419,7 +421,12 @@ mod tests {
             protocol: Protocol::Tcp,
         };
         let ingress = BTreeMap::from([("web".to_string(), Ipv4Addr::new(242, 1, 0, 9))]);
-        let rules = nft_rules(&layout, &[export("web"), export("refused")], &ingress);
+        let rules = nft_rules(
+            "strait-wg",
+            &layout,
+            &[export("web"), export("refused")],
+            &ingress,
+        );
         assert_eq!(rules.egress, layout.egress_pool());
         assert_eq!(rules.ingress.len(), 1);
         assert_eq!(rules.ingress[0].global_ip, Ipv4Addr::new(242, 1, 0, 9));
