@@ -482,3 +482,44 @@ fn ingress_ips_run_out_are_reused_and_survive_a_restart() {
     assert!(gw.ready());
     assert_eq!(state(gw).as_ref(), Some(&before));
 }
+
+#[test]
+fn only_the_active_gateway_translates() {
+    require_root();
+    // Two gateway-capable nodes in a, both claiming a's slice at the same
+    // moment; the newest endpoint is the active gateway.
+    let a = ClusterSpec::new(
+        "a",
+        1,
+        vec![NodeSpec::gateway("a-gw1", 1), NodeSpec::gateway("a-gw2", 1)],
+    )
+    .with_cidrs(POD_CIDR, SERVICE_CIDR);
+    let set = ClusterSet::build(&[a, overlapping("b", 2)], options(""));
+    let (a, b) = (set.cluster("a"), set.cluster("b"));
+    let gws = [a.node("a-gw1"), a.node("a-gw2")];
+    assert_eq!(
+        global_cidr(gws[0]),
+        global_cidr(gws[1]),
+        "one slice per cluster"
+    );
+
+    let gw = b.gateway();
+    export(gw, EXPORT, b.pod(0).ip, ECHO_PORT);
+    let at = wait_ingress_ip(gw, EXPORT, Duration::from_secs(10));
+    let translating = |node: &Node| {
+        node.ok(&["nft", "-s", "list", "table", "inet", "strait"])
+            .contains("globalnet egress")
+    };
+    wait_until(
+        "one gateway of a to translate",
+        Duration::from_secs(10),
+        || gws.iter().filter(|n| translating(n)).count() == 1,
+    );
+    // Pods on both nodes get there: the passive gateway's over VXLAN to
+    // the active one, translated there and answered there.
+    for n in 0..2 {
+        let report = request_ok(a.pod(n), b.pod(0), at);
+        eprintln!("{} -> {at}: {report}", a.pod(n).tag());
+    }
+    assert_eq!(gws.iter().filter(|n| translating(n)).count(), 1);
+}

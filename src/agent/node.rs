@@ -16,7 +16,7 @@ use crate::net::vxlan::{
 };
 use crate::net::Netlink;
 use crate::plan::gateway::GatewayPlan;
-use crate::plan::node::{active_gateway, node_plan, NodeFacts};
+use crate::plan::node::{active_gateway, is_this_node, node_plan, NodeFacts};
 use crate::plan::routes::Route;
 
 pub struct RouteAgent {
@@ -98,6 +98,8 @@ impl RouteAgent {
     ) -> Result<BTreeSet<Route>, AgentError> {
         let active = active_gateway(&self.facts.cluster_id, &snapshot.endpoints);
         let plan = node_plan(&self.facts, active, connections);
+        // Only the active gateway translates: replies come back to it.
+        let globalnet = globalnet.filter(|_| active.is_some_and(|g| is_this_node(&self.facts, g)));
         let index = self.netlink.ensure_vxlan(&self.vxlan).await?;
         self.netlink.ensure_link_up(VXLAN_IF, self.mtu).await?;
         self.netlink
