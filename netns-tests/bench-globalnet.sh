@@ -94,7 +94,9 @@ w("Two simulated clusters (`netns-tests` harness), each a gateway node and a wor
   f"Throughput: `iperf3 -t {E['E_SECS']}`, one TCP stream, receiver figure. Connections: {E['E_SECS']} s of "
   "TCP connections to the pod's echo server, 4 at a time (connect, send a byte, read the echo, close; "
   "each a new conntrack entry and NAT binding in both gateways). "
-  f"Medians over {E['E_ROUNDS']} rounds. The host's load average before the run: {E['E_LOAD_BEFORE']}.\n")
+  f"Medians over {E['E_ROUNDS']} rounds. The host's load average before the run: {E['E_LOAD_BEFORE']}; "
+  "per run in the details (the benchmark needs about 2; more means other work shared the cores, which "
+  "the interleaving spreads over both variants).\n")
 w("| path (pod → pod) | without globalnet (Mbit/s) | globalnet (Mbit/s) | ratio | without globalnet (conn/s) | globalnet (conn/s) | ratio |")
 w("|---|---:|---:|---:|---:|---:|---:|")
 for p in paths:
