@@ -38,25 +38,9 @@ JOURNAL=$TMP/journal
 RESULTS=$TMP/results.tsv
 BENCH_PID=
 
-# Only what the harness journalled: its processes, then its namespaces.
-cleanup() {
-    local rc=$? name pid
-    trap - EXIT INT TERM
-    if [[ -n $BENCH_PID ]] && kill -0 "$BENCH_PID" 2>/dev/null; then
-        kill -TERM "$BENCH_PID" 2>/dev/null || true
-        wait "$BENCH_PID" 2>/dev/null || true
-    fi
-    if [[ -f $JOURNAL ]]; then
-        while read -r kind name _; do
-            [[ $kind == netns && -e /run/netns/$name ]] || continue
-            for pid in $(ip netns pids "$name" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-            ip netns del "$name" 2>/dev/null || true
-        done < "$JOURNAL"
-    fi
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
+# shellcheck source=netns-tests/bench-common.sh
+source "$ROOT/netns-tests/bench-common.sh"
+trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
 log "building strait and bench-pods (cargo build --release)"
@@ -149,18 +133,6 @@ if [[ $OUTPUT == - ]]; then
     cat "$SECTION"
     exit 0
 fi
-# Replace the section between the markers, or append it.
-python3 - "$OUTPUT" "$SECTION" <<'EOF'
-import re, sys, os
-path, section = sys.argv[1], open(sys.argv[2]).read().rstrip("\n") + "\n"
-text = open(path).read() if os.path.exists(path) else ""
-pattern = re.compile(r"<!-- bench-pods:begin.*?<!-- bench-pods:end -->\n?", re.S)
-if pattern.search(text):
-    text = pattern.sub(lambda _: section, text)
-else:
-    text = text.rstrip("\n") + ("\n\n" if text else "") + section
-open(path + ".tmp", "w").write(text)
-os.replace(path + ".tmp", path)
-EOF
+write_section bench-pods "$OUTPUT" "$SECTION"
 cat "$SECTION"
 log "written to $OUTPUT"

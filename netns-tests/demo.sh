@@ -3,6 +3,8 @@
 #
 #   sudo netns-tests/demo.sh          (or: up)  install, build, bring up two
 #                                     simulated clusters joined by strait
+#   sudo netns-tests/demo.sh up --globalnet     the same, both clusters with
+#                                     identical CIDRs, joined through globalnet
 #   sudo netns-tests/demo.sh status   what is up and how to poke at it
 #   sudo netns-tests/demo.sh down     remove every namespace and process of it
 #
@@ -12,9 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 command=${1:-up}
-case "$command" in
-  up|down|status) ;;
-  *) echo "usage: sudo netns-tests/demo.sh [up|status|down]" >&2; exit 2 ;;
+variant=${2:-}
+case "$command $variant" in
+  "up "|"up --globalnet"|"down "|"status ") ;;
+  *) echo "usage: sudo netns-tests/demo.sh [up [--globalnet]|status|down]" >&2; exit 2 ;;
 esac
 if [ "$(id -u)" -ne 0 ]; then
   echo "netns-tests/demo.sh: run as root: sudo netns-tests/demo.sh $command" >&2
@@ -63,4 +66,4 @@ if [ "$command" = up ] || [ ! -x "$target/strait-demo" ]; then
 fi
 
 export STRAIT_BIN="$target/strait"
-exec "$target/strait-demo" "$command"
+exec "$target/strait-demo" "$command" ${variant:+"$variant"}

@@ -23,6 +23,14 @@ pub struct Metrics {
     pub tx_bytes: GaugeVec,
     pub sync_iterations: IntCounter,
     pub broker_objects_skipped: IntGauge,
+    /// Globalnet, by the cluster's global CIDR (label `cidr`), as
+    /// Submariner's globalnet controller exports them.
+    pub global_ip_availability: GaugeVec,
+    pub global_ip_allocated: GaugeVec,
+    pub global_egress_ip_allocated: GaugeVec,
+    pub cluster_global_egress_ip_allocated: GaugeVec,
+    pub global_ingress_ip_allocated: GaugeVec,
+    pub globalnet_exports_refused: IntGauge,
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
@@ -57,7 +65,47 @@ impl Metrics {
         registry
             .register(Box::new(broker_objects_skipped.clone()))
             .expect("metric registered once");
+        let globalnet_exports_refused = IntGauge::new(
+            "strait_globalnet_exports_refused",
+            "Exported services without an ingress IP: malformed, or no free global IP",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(globalnet_exports_refused.clone()))
+            .expect("metric registered once");
+        let cidr = ["cidr"];
         Metrics {
+            global_ip_availability: gauge_vec(
+                &registry,
+                "submariner_global_IP_availability",
+                "Count of available global IPs per CIDR",
+                &cidr,
+            ),
+            global_ip_allocated: gauge_vec(
+                &registry,
+                "submariner_global_IP_allocated",
+                "Count of allocated global IPs per CIDR",
+                &cidr,
+            ),
+            global_egress_ip_allocated: gauge_vec(
+                &registry,
+                "submariner_global_egress_IP_allocated",
+                "Count of global egress IPs allocated for pods and namespaces per CIDR",
+                &cidr,
+            ),
+            cluster_global_egress_ip_allocated: gauge_vec(
+                &registry,
+                "submariner_cluster_global_egress_IP_allocated",
+                "Count of cluster-wide global egress IPs allocated per CIDR",
+                &cidr,
+            ),
+            global_ingress_ip_allocated: gauge_vec(
+                &registry,
+                "submariner_global_ingress_IP_allocated",
+                "Count of global ingress IPs allocated for exported services per CIDR",
+                &cidr,
+            ),
+            globalnet_exports_refused,
             connections: gauge_vec(
                 &registry,
                 "submariner_connections",

@@ -107,6 +107,14 @@ impl ClusterSpec {
         }
     }
 
+    /// The same cluster with the given pod and service CIDRs (clusters of
+    /// a set may then overlap: globalnet's case).
+    pub fn with_cidrs(mut self, pod_cidr: &str, service_cidr: &str) -> ClusterSpec {
+        self.pod_cidr = pod_cidr.to_string();
+        self.service_cidr = service_cidr.to_string();
+        self
+    }
+
     /// Issue 4's shape: one node, `<id>-gw`, the gateway, with `pods` pods.
     pub fn single_gateway(id: &str, index: u8, pods: usize) -> ClusterSpec {
         ClusterSpec::new(
@@ -159,6 +167,9 @@ pub struct Options {
     pub detach: bool,
     /// Raw top-level YAML appended to every node's agent config.
     pub extra_config: String,
+    /// Globalnet on: extra YAML lines of the `globalnet` section (which
+    /// gets `enabled: true` and `exports_dir: <node dir>/exports`).
+    pub globalnet: Option<String>,
 }
 
 impl Options {
@@ -184,6 +195,7 @@ impl Options {
             ready_timeout: Duration::from_secs(30),
             detach: false,
             extra_config: String::new(),
+            globalnet: None,
         }
     }
 
@@ -974,7 +986,19 @@ impl Pod {
         bytes: usize,
         flags: &[&str],
     ) -> Result<String, String> {
-        let args = self.tcp_request_args(to, bytes, flags);
+        self.tcp_request_at(to, to.ip, bytes, flags)
+    }
+
+    /// [`Pod::tcp_request_with`] to `to`'s echo server at the address
+    /// `at` (a global ingress IP, say).
+    pub fn tcp_request_at(
+        &self,
+        to: &Pod,
+        at: Ipv4Addr,
+        bytes: usize,
+        flags: &[&str],
+    ) -> Result<String, String> {
+        let args = self.tcp_request_args_at(to, at, bytes, flags);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.ns.exec(&args);
         let text = format!(
@@ -992,6 +1016,17 @@ impl Pod {
     /// The `tcp-echo request` command line (to run elsewhere, or in the
     /// background with [`Netns::spawn`]).
     pub fn tcp_request_args(&self, to: &Pod, bytes: usize, flags: &[&str]) -> Vec<String> {
+        self.tcp_request_args_at(to, to.ip, bytes, flags)
+    }
+
+    /// [`Pod::tcp_request_args`] to the address `at`.
+    pub fn tcp_request_args_at(
+        &self,
+        to: &Pod,
+        at: Ipv4Addr,
+        bytes: usize,
+        flags: &[&str],
+    ) -> Vec<String> {
         let bin = self
             .echo_bin
             .as_ref()
@@ -999,7 +1034,7 @@ impl Pod {
         let mut args = vec![
             bin.to_string_lossy().into_owned(),
             "request".into(),
-            format!("{}:{ECHO_PORT}", to.ip),
+            format!("{at}:{ECHO_PORT}"),
             bytes.to_string(),
             to.tag(),
         ];
@@ -1176,6 +1211,15 @@ fn agent_config(spec: &ClusterSpec, node: &Node, broker: &Broker, options: &Opti
         ip = node.lan_ip,
         state = node.state_dir.to_string_lossy(),
     ));
+    if let Some(extra) = &options.globalnet {
+        text.push_str(&format!(
+            "globalnet:\n  enabled: true\n  exports_dir: {:?}\n",
+            crate::globalnet::exports_dir(node).to_string_lossy()
+        ));
+        for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+            text.push_str(&format!("  {}\n", line.trim()));
+        }
+    }
     text.push_str(&options.extra_config);
     text
 }

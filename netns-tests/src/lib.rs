@@ -8,7 +8,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod bench;
 pub mod cluster;
+pub mod globalnet;
 pub mod kube;
 pub mod wg;
 

@@ -45,6 +45,7 @@ fn plan(mss: Option<u16>) -> NftPlan {
             "2001:db8:2::/64".parse().unwrap(),
         ],
         mss,
+        globalnet: None,
     }
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::lease::{LeaseConfig, LeaseConfigError};
 use crate::broker::BrokerLocation;
+use crate::plan::globalnet;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,6 +40,34 @@ pub struct AgentConfig {
     /// is where wg(8) looks, so `wg show strait-wg` works on the node.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// Global addresses for clusters whose CIDRs overlap.
+    #[serde(default)]
+    pub globalnet: GlobalnetConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalnetConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The cluster set's global range; each cluster gets a slice of it.
+    #[serde(default = "default_global_range")]
+    pub cidr_range: ipnet::Ipv4Net,
+    /// Addresses per cluster slice: a power of two.
+    #[serde(default = "default_cluster_size")]
+    pub cluster_size: u32,
+    /// The cluster's egress pool (Submariner's `ClusterGlobalEgressIP`).
+    #[serde(default = "default_egress_ips")]
+    pub egress_ips: u32,
+    /// `dir` mode's exported services: one `<name>.yaml` per export
+    /// (`name`, `address`, `port`, `protocol`), read on every pass.
+    #[serde(default)]
+    pub exports_dir: Option<PathBuf>,
+    /// This cluster's slice, when allocated beforehand (`strait join`
+    /// does, in the broker's `submariner-globalnet-info`); with a `dir:`
+    /// broker the gateway claims one itself.
+    #[serde(default)]
+    pub global_cidr: Option<ipnet::Ipv4Net>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -169,6 +198,31 @@ pub struct HealthConfig {
     /// first host address of the first pod CIDR.
     #[serde(default)]
     pub ip: Option<IpAddr>,
+}
+
+fn default_global_range() -> ipnet::Ipv4Net {
+    globalnet::DEFAULT_RANGE
+}
+
+fn default_cluster_size() -> u32 {
+    globalnet::DEFAULT_CLUSTER_SIZE
+}
+
+fn default_egress_ips() -> u32 {
+    globalnet::DEFAULT_EGRESS_IPS
+}
+
+impl Default for GlobalnetConfig {
+    fn default() -> Self {
+        GlobalnetConfig {
+            enabled: false,
+            cidr_range: default_global_range(),
+            cluster_size: default_cluster_size(),
+            egress_ips: default_egress_ips(),
+            exports_dir: None,
+            global_cidr: None,
+        }
+    }
 }
 
 fn default_metrics_address() -> SocketAddr {
@@ -335,6 +389,57 @@ impl AgentConfig {
                 );
             }
         }
+        self.check_globalnet()
+    }
+
+    fn check_globalnet(&self) -> Result<(), (String, String)> {
+        let g = &self.globalnet;
+        if !g.enabled {
+            return Ok(());
+        }
+        let fail = |field: &str, message: String| Err((format!("globalnet.{field}"), message));
+        if let Some(ip) = self.health.ip {
+            return Err((
+                "health.ip".into(),
+                format!("{ip}: with globalnet the health-check address is the last of the cluster's global CIDR"),
+            ));
+        }
+        let prefix = match globalnet::slice_prefix(g.cidr_range, g.cluster_size) {
+            Ok(prefix) => prefix,
+            Err(e) => return fail("cluster_size", e.to_string()),
+        };
+        // Every slice has the same layout: check it on the first.
+        let first = ipnet::Ipv4Net::new(g.cidr_range.network(), prefix).expect("a valid prefix");
+        if let Err(e) = globalnet::SliceLayout::new(first, g.egress_ips) {
+            return fail("egress_ips", e.to_string());
+        }
+        if let Some(cidr) = g.global_cidr {
+            if cidr.prefix_len() != prefix || !g.cidr_range.contains(&cidr) {
+                return fail(
+                    "global_cidr",
+                    format!(
+                        "{cidr} is not a slice of {} addresses of {}",
+                        g.cluster_size, g.cidr_range
+                    ),
+                );
+            }
+        } else if matches!(self.broker, BrokerLocation::Kube(_)) {
+            return fail(
+                "global_cidr",
+                "required with a kube: broker (strait join allocates it)".into(),
+            );
+        }
+        let range = IpNet::V4(g.cidr_range.trunc());
+        if let Some(net) = self
+            .subnets()
+            .into_iter()
+            .find(|n| range.contains(&n.network()) || n.contains(&range.network()))
+        {
+            return fail(
+                "cidr_range",
+                format!("{range} overlaps this cluster's {net}: global addresses must be outside every cluster CIDR"),
+            );
+        }
         Ok(())
     }
 
@@ -453,6 +558,25 @@ broker: dir:/tmp/broker
     }
 
     #[test]
+    fn a_joined_cluster_brings_its_global_cidr() {
+        let kube = MINIMAL.replace("dir:/tmp/broker", "kube:/etc/kubeconfig") + "kubernetes: {}\n";
+        let (field, _) = error_of(&format!("{kube}globalnet: {{ enabled: true }}\n"));
+        assert_eq!(field, "globalnet.global_cidr");
+        let (field, _) = error_of(&format!(
+            "{kube}globalnet: {{ enabled: true, global_cidr: 242.1.0.0/24 }}\n"
+        ));
+        assert_eq!(field, "globalnet.global_cidr");
+        let config = AgentConfig::parse(&format!(
+            "{kube}globalnet: {{ enabled: true, global_cidr: 242.1.0.0/16 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.globalnet.global_cidr,
+            Some("242.1.0.0/16".parse().unwrap())
+        );
+    }
+
+    #[test]
     fn kubernetes_mode_needs_no_node_section() {
         let text = "
 cluster_id: cluster-a
@@ -470,5 +594,44 @@ kubernetes: { namespace: strait }
             text.replace("kubernetes: { namespace: strait }", "kubernetes:")
         ));
         assert_eq!(field, "kubernetes.lease");
+    }
+
+    #[test]
+    fn globalnet_takes_submariners_defaults() {
+        let config =
+            AgentConfig::parse(&format!("{MINIMAL}globalnet: {{ enabled: true }}\n")).unwrap();
+        let g = &config.globalnet;
+        assert_eq!(g.cidr_range.to_string(), "242.0.0.0/8");
+        assert_eq!((g.cluster_size, g.egress_ips), (65_536, 8));
+        assert_eq!(g.exports_dir, None);
+        assert!(!AgentConfig::parse(MINIMAL).unwrap().globalnet.enabled);
+    }
+
+    #[test]
+    fn bad_globalnet_settings_are_refused_with_a_reason() {
+        let with = |g: &str| format!("{MINIMAL}globalnet: {{ enabled: true, {g} }}\n");
+        let (field, message) = error_of(&with("cluster_size: 16, egress_ips: 15"));
+        assert_eq!(field, "globalnet.egress_ips");
+        assert!(message.contains("does not fit"), "{message}");
+        let (field, _) = error_of(&format!(
+            "{}health: {{ ip: 10.1.0.1 }}\n",
+            with("cluster_size: 256")
+        ));
+        assert_eq!(field, "health.ip");
+        let (field, _) = error_of(&with("cluster_size: 1000"));
+        assert_eq!(field, "globalnet.cluster_size");
+        let (field, _) = error_of(&with("cidr_range: 242.0.0.0/16, cluster_size: 131072"));
+        assert_eq!(field, "globalnet.cluster_size");
+        let (field, message) = error_of(&with("cidr_range: 10.0.0.0/8"));
+        assert_eq!(field, "globalnet.cidr_range");
+        assert!(
+            message.contains("overlaps this cluster's 10.1.0.0/16"),
+            "{message}"
+        );
+        // Off, the same settings are not checked.
+        assert!(AgentConfig::parse(&format!(
+            "{MINIMAL}globalnet: {{ cidr_range: 10.0.0.0/8 }}\n"
+        ))
+        .is_ok());
     }
 }

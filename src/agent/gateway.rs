@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use ipnet::Ipv4Net;
 use sha2::{Digest, Sha256};
 
 use super::config::AgentConfig;
@@ -19,6 +20,7 @@ use crate::broker::{Broker, Skipped, Snapshot};
 use crate::metrics::Metrics;
 use crate::net::Netlink;
 use crate::plan::gateway::{peer_changes, GatewayPlan, RemotePeer};
+use crate::plan::globalnet::SliceLayout;
 use crate::plan::routes::{gateway_routes, Route};
 use crate::tunnel::uapi::{PeerReport, SetRequest};
 use crate::tunnel::uapi_socket::UapiSocket;
@@ -41,6 +43,10 @@ pub struct GatewayRole<B: Broker> {
     metrics: Arc<Metrics>,
     psk: Key,
     local_endpoint: EndpointSpec,
+    /// The probe source and answer address, on the tunnel device.
+    health_ip: IpAddr,
+    /// With globalnet, this cluster's slice of the global range.
+    global_cidr: Option<Ipv4Net>,
     /// When this gateway started: its status object's creation time.
     started: String,
     reported_skips: HashSet<Skipped>,
@@ -87,10 +93,25 @@ pub fn load_or_create_key(path: &std::path::Path) -> Result<Key, AgentError> {
     }
 }
 
+/// The gateway's health-check address: a global one with globalnet.
+fn health_check_ip(config: &AgentConfig, global: Option<SliceLayout>) -> IpAddr {
+    global
+        .map(|g| IpAddr::V4(g.health_check_ip()))
+        .unwrap_or_else(|| config.health_check_ip())
+}
+
 /// What this node publishes as its cluster's endpoint when it is the
-/// gateway.
-fn local_endpoint(config: &AgentConfig, private_key: &Key) -> EndpointSpec {
+/// gateway: with globalnet the cluster's global CIDR stands for its own.
+fn local_endpoint(
+    config: &AgentConfig,
+    private_key: &Key,
+    global: Option<SliceLayout>,
+) -> EndpointSpec {
     let node_ip = config.node_ip();
+    let subnets = match global {
+        Some(g) => vec![g.cidr.to_string()],
+        None => config.subnets().iter().map(ToString::to_string).collect(),
+    };
     EndpointSpec {
         cluster_id: config.cluster_id.clone(),
         cable_name: format!(
@@ -98,9 +119,9 @@ fn local_endpoint(config: &AgentConfig, private_key: &Key) -> EndpointSpec {
             config.cluster_id,
             node_ip.to_string().replace(['.', ':'], "-")
         ),
-        health_check_ip: config.health_check_ip().to_string(),
+        health_check_ip: health_check_ip(config, global).to_string(),
         hostname: config.node.name.clone(),
-        subnets: config.subnets().iter().map(ToString::to_string).collect(),
+        subnets,
         private_ip: node_ip.to_string(),
         public_ip: config
             .node
@@ -125,6 +146,7 @@ fn gateway_name(config: &AgentConfig) -> String {
 pub async fn publish_passive<B: Broker>(
     config: &AgentConfig,
     broker: &B,
+    global: Option<SliceLayout>,
 ) -> Result<(), AgentError> {
     let private_key = load_or_create_key(&config.cable.private_key_file)?;
     let gateway = Gateway::new(
@@ -133,7 +155,7 @@ pub async fn publish_passive<B: Broker>(
             status: GatewayStatus {
                 version: env!("CARGO_PKG_VERSION").into(),
                 ha_status: "passive".into(),
-                local_endpoint: local_endpoint(config, &private_key),
+                local_endpoint: local_endpoint(config, &private_key, global),
                 status_failure: String::new(),
                 connections: Vec::new(),
             },
@@ -152,13 +174,16 @@ impl<B: Broker> GatewayRole<B> {
     /// Brings up the tunnel device; every reconcile then publishes this
     /// cluster and its endpoint. An `elected` gateway (Kubernetes mode)
     /// is the cluster's only active one and removes endpoints its
-    /// cluster's earlier gateways left behind.
+    /// cluster's earlier gateways left behind. With globalnet (`global`),
+    /// the endpoint announces the cluster's global CIDR instead of its
+    /// own, and the health check uses a global address.
     pub async fn start(
         config: AgentConfig,
         broker: Arc<B>,
         netlink: Netlink,
         metrics: Arc<Metrics>,
         elected: bool,
+        global: Option<SliceLayout>,
     ) -> Result<Self, AgentError> {
         crate::net::sysctl::ensure_ipv4_forwarding()?;
         let private_key = load_or_create_key(&config.cable.private_key_file)?;
@@ -177,7 +202,7 @@ impl<B: Broker> GatewayRole<B> {
         });
 
         let index = netlink.ensure_link_up(TUNNEL_IF, TUNNEL_MTU).await?;
-        let health_ip = config.health_check_ip();
+        let health_ip = health_check_ip(&config, global);
         netlink.ensure_host_address(index, health_ip).await?;
         let IpAddr::V4(health_v4) = health_ip else {
             return Err(AgentError::Unsupported(
@@ -191,7 +216,7 @@ impl<B: Broker> GatewayRole<B> {
             .spawn(move || receiver.receive())
             .map_err(|source| AgentError::Health { source })?;
 
-        let local_endpoint = local_endpoint(&config, &private_key);
+        let local_endpoint = local_endpoint(&config, &private_key, global);
         let psk = Key(Sha256::digest(config.psk()?.as_bytes()).into());
         Ok(GatewayRole {
             config,
@@ -202,6 +227,8 @@ impl<B: Broker> GatewayRole<B> {
             metrics,
             psk,
             local_endpoint,
+            health_ip,
+            global_cidr: global.map(|g| g.cidr),
             started: now_rfc3339(),
             reported_skips: HashSet::new(),
             reported_refusals: HashSet::new(),
@@ -221,7 +248,7 @@ impl<B: Broker> GatewayRole<B> {
                     color_codes: vec!["blue".into()],
                     service_cidr: strings(&config.cluster.service_cidrs),
                     cluster_cidr: strings(&config.cluster.pod_cidrs),
-                    global_cidr: Vec::new(),
+                    global_cidr: self.global_cidr.iter().map(ToString::to_string).collect(),
                 },
             },
             now_rfc3339(),
@@ -324,7 +351,7 @@ impl<B: Broker> GatewayRole<B> {
 
     /// The routes into the tunnel for every connected remote subnet.
     pub fn routes(&self, plan: &GatewayPlan) -> BTreeSet<Route> {
-        gateway_routes(plan, TUNNEL_IF, self.config.health_check_ip())
+        gateway_routes(plan, TUNNEL_IF, self.health_ip)
     }
 
     /// Stops the health checker's thread; the device goes when dropped.

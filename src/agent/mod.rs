@@ -25,13 +25,16 @@ use crate::tunnel::DeviceError;
 
 pub mod config;
 pub mod gateway;
+pub mod globalnet;
 pub mod health;
 pub mod kubernetes;
 pub mod lease;
 pub mod node;
 
+use crate::plan::globalnet::SliceLayout;
 use config::AgentConfig;
 use gateway::{GatewayRole, TUNNEL_IF};
+use globalnet::{GlobalnetRole, SliceSource};
 use lease::{LeaderElector, Leadership};
 use node::RouteAgent;
 
@@ -68,6 +71,13 @@ pub enum AgentError {
     Lease(#[from] lease::LeaseConfigError),
     #[error("Kubernetes API: {what}: {message}")]
     Kubernetes { what: String, message: String },
+    #[error("globalnet: {0}")]
+    Globalnet(#[from] crate::broker::globalnet::ClaimError),
+    #[error("state file {path}: {source}")]
+    State {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0} is not supported yet")]
     Unsupported(String),
 }
@@ -98,14 +108,15 @@ pub async fn run(
         }
         None => None,
     };
-    let roles = Roles {
+    let agent = Agent {
         metrics,
         admin_state,
     };
     match config.broker.clone() {
         BrokerLocation::Dir(path) => {
             let broker = DirBroker::open(&path, &config.cluster_id)?;
-            roles.run(config, broker, local, shutdown).await
+            let slices = SliceSource::BrokerDir(path);
+            agent.run(config, broker, local, slices, shutdown).await
         }
         BrokerLocation::Kube(kubeconfig) => {
             let Some(local) = local else {
@@ -115,7 +126,10 @@ pub async fn run(
             };
             let remote = crate::broker::kube::connect(&kubeconfig).await?;
             let broker = KubeBroker::start(remote, local.clone(), &config.cluster_id);
-            roles.run(config, broker, Some(local), shutdown).await
+            let slices = SliceSource::Joined;
+            agent
+                .run(config, broker, Some(local), slices, shutdown)
+                .await
         }
     }
 }
@@ -144,23 +158,38 @@ impl Candidacy {
 }
 
 /// What the roles share across the run.
-struct Roles {
+struct Agent {
     metrics: Arc<Metrics>,
     admin_state: Arc<AdminState>,
 }
 
-impl Roles {
+impl Agent {
     async fn run<B: Broker>(
         self,
         config: AgentConfig,
         broker: Arc<B>,
         local: Option<Namespace>,
+        slices: SliceSource,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), AgentError> {
         let netlink = Netlink::connect()?;
+        // Globalnet translates on the active gateway; candidates hold
+        // their cluster's slice so that they can take over.
+        let mut globalnet = match config.node.gateway && config.globalnet.enabled {
+            true => Some(GlobalnetRole::start(
+                &config,
+                &slices,
+                self.metrics.clone(),
+            )?),
+            false => None,
+        };
+        let global = globalnet.as_ref().map(GlobalnetRole::layout);
         let local_facts = LocalFacts {
             cluster_id: config.cluster_id.clone(),
-            subnets: config.subnets(),
+            subnets: match global {
+                Some(g) => vec![g.cidr.into()],
+                None => config.subnets(),
+            },
         };
         let candidacy = match (&local, &config.kubernetes) {
             _ if !config.node.gateway => Candidacy::None,
@@ -183,7 +212,7 @@ impl Roles {
         // problem: say so and stop. An elected one retries every pass.
         let mut gateway = match candidacy {
             Candidacy::Configured => Some(
-                self.start_gateway(&config, &broker, &netlink, false)
+                self.start_gateway(&config, &broker, &netlink, false, global)
                     .await?,
             ),
             _ => None,
@@ -217,7 +246,10 @@ impl Roles {
                 let active = candidacy.active();
                 if active && gateway.is_none() {
                     tracing::info!("elected the active gateway");
-                    match self.start_gateway(&config, &broker, &netlink, true).await {
+                    match self
+                        .start_gateway(&config, &broker, &netlink, true, global)
+                        .await
+                    {
                         Ok(role) => gateway = Some(role),
                         Err(e) => tracing::error!(error = %e, "could not start the gateway role"),
                     }
@@ -228,7 +260,7 @@ impl Roles {
                         role.stop().await;
                     }
                     if !passive_published {
-                        match gateway::publish_passive(&config, &*broker).await {
+                        match gateway::publish_passive(&config, &*broker, global).await {
                             Ok(()) => passive_published = true,
                             Err(e) => {
                                 tracing::warn!(error = %e, "publishing the passive gateway status failed")
@@ -237,15 +269,13 @@ impl Roles {
                     }
                 }
             }
-            match reconcile(
-                &*broker,
-                &local_facts,
-                gateway.as_mut(),
-                &route_agent,
-                &netlink,
-            )
-            .await
-            {
+            let active = gateway.is_some();
+            let roles = Roles {
+                gateway: gateway.as_mut(),
+                globalnet: globalnet.as_mut().filter(|_| active),
+                route_agent: &route_agent,
+            };
+            match reconcile(&*broker, &local_facts, roles, &netlink).await {
                 Ok(()) => self.admin_state.ready.store(true, Ordering::Relaxed),
                 // A failed pass leaves what works in place; the next one retries.
                 Err(e) => tracing::error!(error = %e, "reconcile failed"),
@@ -267,6 +297,7 @@ impl Roles {
         broker: &Arc<B>,
         netlink: &Netlink,
         elected: bool,
+        global: Option<SliceLayout>,
     ) -> Result<GatewayRole<B>, AgentError> {
         GatewayRole::start(
             config.clone(),
@@ -274,27 +305,40 @@ impl Roles {
             netlink.clone(),
             self.metrics.clone(),
             elected,
+            global,
         )
         .await
     }
+}
+
+/// The roles this node plays.
+struct Roles<'a, B: Broker> {
+    gateway: Option<&'a mut GatewayRole<B>>,
+    globalnet: Option<&'a mut GlobalnetRole>,
+    route_agent: &'a RouteAgent,
 }
 
 /// One pass: broker → plan → each role → the node's routes.
 async fn reconcile<B: Broker>(
     broker: &B,
     local: &LocalFacts,
-    gateway: Option<&mut GatewayRole<B>>,
-    route_agent: &RouteAgent,
+    roles: Roles<'_, B>,
     netlink: &Netlink,
 ) -> Result<(), AgentError> {
     let snapshot = broker.snapshot().await?;
     let plan = plan(local, &snapshot.endpoints);
     let mut desired = BTreeSet::new();
-    if let Some(gateway) = gateway {
+    if let Some(gateway) = roles.gateway {
         gateway.reconcile(&snapshot, &plan).await?;
         desired.extend(gateway.routes(&plan));
     }
-    desired.extend(route_agent.reconcile(&snapshot, &plan).await?);
+    let translation = roles.globalnet.map(GlobalnetRole::reconcile).transpose()?;
+    desired.extend(
+        roles
+            .route_agent
+            .reconcile(&snapshot, &plan, translation)
+            .await?,
+    );
 
     let mut devices = BTreeMap::new();
     for name in [TUNNEL_IF, VXLAN_IF] {

@@ -10,13 +10,13 @@ use parking_lot::Mutex;
 use super::config::AgentConfig;
 use super::AgentError;
 use crate::broker::Snapshot;
-use crate::net::nft::{NftPlan, NftTable};
+use crate::net::nft::{GlobalnetNft, NftPlan, NftTable};
 use crate::net::vxlan::{
     overlay_address, VxlanParams, VXLAN_IF, VXLAN_OVERHEAD, VXLAN_PORT, VXLAN_VNI,
 };
 use crate::net::Netlink;
 use crate::plan::gateway::GatewayPlan;
-use crate::plan::node::{active_gateway, node_plan, NodeFacts};
+use crate::plan::node::{active_gateway, is_this_node, node_plan, NodeFacts};
 use crate::plan::routes::Route;
 
 pub struct RouteAgent {
@@ -87,15 +87,19 @@ impl RouteAgent {
         })
     }
 
-    /// Makes the VXLAN device and its default destination right; returns
-    /// the routes this node wants in Strait's table.
+    /// Makes the VXLAN device and its default destination right, and the
+    /// nft table (with globalnet's translation on a globalnet gateway);
+    /// returns the routes this node wants in Strait's table.
     pub async fn reconcile(
         &self,
         snapshot: &Snapshot,
         connections: &GatewayPlan,
+        globalnet: Option<GlobalnetNft>,
     ) -> Result<BTreeSet<Route>, AgentError> {
         let active = active_gateway(&self.facts.cluster_id, &snapshot.endpoints);
         let plan = node_plan(&self.facts, active, connections);
+        // Only the active gateway translates: replies come back to it.
+        let globalnet = globalnet.filter(|_| active.is_some_and(|g| is_this_node(&self.facts, g)));
         let index = self.netlink.ensure_vxlan(&self.vxlan).await?;
         self.netlink.ensure_link_up(VXLAN_IF, self.mtu).await?;
         self.netlink
@@ -113,6 +117,7 @@ impl RouteAgent {
                 .flat_map(|p| p.subnets.clone())
                 .collect(),
             mss: self.mss,
+            globalnet,
         };
         let nft = self.nft.clone();
         tokio::task::spawn_blocking(move || nft.lock().ensure(&nft_plan))

@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use schemars::JsonSchema;
 use serde_json::json;
 
-use super::globalnet::{ClusterGlobalEgressIPBody, GlobalEgressIPBody, GlobalIngressIPBody};
+use super::globalnet_types::{ClusterGlobalEgressIPBody, GlobalEgressIPBody, GlobalIngressIPBody};
 use super::mcs::{ServiceExportBody, ServiceImportBody};
 use super::types::{ClusterSpec, EndpointSpec, GatewayStatus, Spec, Status};
 

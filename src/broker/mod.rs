@@ -13,6 +13,7 @@ use tokio::sync::watch;
 pub mod crd;
 pub mod dir;
 pub mod globalnet;
+pub mod globalnet_types;
 pub mod kube;
 pub mod mcs;
 pub mod types;

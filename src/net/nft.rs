@@ -18,6 +18,16 @@
 //! - chain `output` (filter, `filter - 10`): the same MSS clamp for
 //!   host-network connections to remote clusters.
 //!
+//! With globalnet (on the gateway only, [`GlobalnetNft`]) the remote sets
+//! hold the remote clusters' global CIDRs, and:
+//!
+//! - chain `postrouting` first SNATs local sources going to remote clusters
+//!   to the cluster's egress pool (ahead of the identity SNAT, which would
+//!   otherwise bind the connection untranslated);
+//! - chain `prerouting` (nat, `dstnat - 10`) DNATs each exported service's
+//!   ingress IP and port to the service's address, for traffic out of the
+//!   tunnel only (what a remote cluster's gateway sent).
+//!
 //! Every rule has a counter and a unique comment ([`counters`] reads them
 //! back by comment). The table carries a comment holding a hash of its
 //! rendering, so `nft list ruleset` shows which plan is in force.
@@ -26,9 +36,11 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// The table's name; its family is `inet`.
@@ -54,6 +66,9 @@ pub mod rule {
     pub const ACCEPT_FROM_REMOTE_6: &str = "accept forward from-remote ipv6";
     pub const MSS_OUTPUT_TO_REMOTE_4: &str = "mss-clamp output to-remote ipv4";
     pub const MSS_OUTPUT_TO_REMOTE_6: &str = "mss-clamp output to-remote ipv6";
+    pub const GLOBALNET_EGRESS: &str = "globalnet egress";
+    /// Followed by a space and the export's name.
+    pub const GLOBALNET_INGRESS: &str = "globalnet ingress";
 }
 
 /// What the table must do.
@@ -66,6 +81,46 @@ pub struct NftPlan {
     /// A fixed TCP MSS; `None` clamps to the route's MTU
     /// (`tcp option maxseg size set rt mtu`).
     pub mss: Option<u16>,
+    /// Globalnet's translation, on the gateway of a globalnet cluster.
+    pub globalnet: Option<GlobalnetNft>,
+}
+
+/// Globalnet's address translation on the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalnetNft {
+    /// The tunnel device: ingress IPs are translated for its traffic.
+    pub tunnel: String,
+    /// The egress pool, first and last address.
+    pub egress: (Ipv4Addr, Ipv4Addr),
+    pub ingress: Vec<IngressRule>,
+}
+
+/// Traffic to `global_ip:port` goes to `target:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressRule {
+    /// The export's name (a DNS label): the rule's comment.
+    pub name: String,
+    pub global_ip: Ipv4Addr,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,11 +177,16 @@ fn render_body(plan: &NftPlan) -> String {
     set(&mut out, "remote6", "ipv6_addr", &remote6);
 
     use rule::*;
-    chain(
-        &mut out,
-        "postrouting",
-        "type nat hook postrouting priority srcnat - 10; policy accept;",
-        &[
+    let mut postrouting = Vec::new();
+    if let Some(globalnet) = &plan.globalnet {
+        let (first, last) = globalnet.egress;
+        postrouting.push((
+            format!("ip saddr @local4 ip daddr @remote4 counter snat ip to {first}-{last}"),
+            GLOBALNET_EGRESS.to_owned(),
+        ));
+    }
+    postrouting.extend(
+        [
             (
                 "ip saddr @local4 ip daddr @remote4 counter snat ip to ip saddr".into(),
                 NO_MASQUERADE_LOCAL_TO_REMOTE_4,
@@ -143,9 +203,38 @@ fn render_body(plan: &NftPlan) -> String {
                 "ip6 saddr @remote6 ip6 daddr @local6 counter snat ip6 to ip6 saddr".into(),
                 NO_MASQUERADE_REMOTE_TO_LOCAL_6,
             ),
-        ],
+        ]
+        .map(|(rule, comment): (String, &str)| (rule, comment.to_owned())),
+    );
+    chain(
+        &mut out,
+        "postrouting",
+        "type nat hook postrouting priority srcnat - 10; policy accept;",
+        &postrouting,
     );
     out.push('\n');
+    if let Some(globalnet) = &plan.globalnet {
+        let rules: Vec<(String, String)> = globalnet
+            .ingress
+            .iter()
+            .map(|r| {
+                (
+                    format!(
+                        "iifname \"{}\" ip daddr {} {} dport {} counter dnat ip to {}:{}",
+                        globalnet.tunnel, r.global_ip, r.protocol, r.port, r.target, r.port
+                    ),
+                    format!("{GLOBALNET_INGRESS} {}", r.name),
+                )
+            })
+            .collect();
+        chain(
+            &mut out,
+            "prerouting",
+            "type nat hook prerouting priority dstnat - 10; policy accept;",
+            &rules,
+        );
+        out.push('\n');
+    }
     chain(
         &mut out,
         "forward",
@@ -243,9 +332,10 @@ where
     out.push_str("\t}\n\n");
 }
 
-fn chain(out: &mut String, name: &str, hook: &str, rules: &[(String, &str)]) {
+fn chain<C: AsRef<str>>(out: &mut String, name: &str, hook: &str, rules: &[(String, C)]) {
     out.push_str(&format!("\tchain {name} {{\n\t\t{hook}\n"));
     for (rule, comment) in rules {
+        let comment = comment.as_ref();
         out.push_str(&format!("\t\t{rule} comment \"{comment}\"\n"));
     }
     out.push_str("\t}\n");
@@ -508,6 +598,7 @@ mod tests {
             local_subnets: nets(&["10.42.0.0/16", "10.43.0.0/16"]),
             remote_subnets: nets(&["198.51.100.0/24", "192.0.2.7/32"]),
             mss: None,
+            globalnet: None,
         };
         let script = render(&plan);
         assert_eq!(
@@ -540,6 +631,7 @@ mod tests {
             local_subnets: nets(&["10.42.0.0/16", "2001:db8:42::/56"]),
             remote_subnets: nets(&["2001:db8:99::1/128", "198.51.100.0/24", "2001:db8:100::/48"]),
             mss: None,
+            globalnet: None,
         };
         let script = render(&plan);
         assert_eq!(
@@ -597,11 +689,13 @@ mod tests {
             ]),
             remote_subnets: nets(&["198.51.100.0/25", "198.51.100.128/25", "198.51.100.9/32"]),
             mss: None,
+            globalnet: None,
         };
         let b = NftPlan {
             local_subnets: nets(&["2001:db8:2::/48", "10.0.0.0/16", "10.1.5.6/16"]),
             remote_subnets: nets(&["198.51.100.128/25", "198.51.100.0/24"]),
             mss: None,
+            globalnet: None,
         };
         assert_eq!(render(&a), render(&a));
         assert_eq!(render(&a), render(&b));
@@ -656,6 +750,7 @@ mod tests {
             local_subnets: vec!["10.1.0.0/16".parse().unwrap()],
             remote_subnets: vec!["10.2.0.0/16".parse().unwrap()],
             mss: None,
+            globalnet: None,
         };
         let whole = normalize_listing(&render_table(&plan));
         let rules = rule_comments(&whole);
@@ -712,5 +807,67 @@ mod tests {
         let unique: std::collections::BTreeSet<_> = comments.iter().collect();
         assert_eq!(comments.len(), 14);
         assert_eq!(unique.len(), comments.len());
+    }
+
+    fn globalnet_plan(exports: &[(&str, &str)]) -> NftPlan {
+        NftPlan {
+            local_subnets: nets(&["10.1.0.0/16", "10.101.0.0/16"]),
+            remote_subnets: nets(&["242.1.0.0/16"]),
+            mss: None,
+            globalnet: Some(GlobalnetNft {
+                tunnel: "strait-wg".into(),
+                egress: ("242.0.0.1".parse().unwrap(), "242.0.0.8".parse().unwrap()),
+                ingress: exports
+                    .iter()
+                    .map(|(name, ip)| IngressRule {
+                        name: name.to_string(),
+                        global_ip: ip.parse().unwrap(),
+                        protocol: Protocol::Tcp,
+                        port: 7777,
+                        target: "10.1.1.2".parse().unwrap(),
+                    })
+                    .collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn globalnet_egress_snat_comes_before_the_identity_snat() {
+        let script = render(&globalnet_plan(&[("web", "242.0.0.9")]));
+        let l = lines(&script);
+        let egress = l
+            .iter()
+            .position(|r| {
+                *r == "ip saddr @local4 ip daddr @remote4 counter snat ip to 242.0.0.1-242.0.0.8 comment \"globalnet egress\""
+            })
+            .unwrap_or_else(|| panic!("no egress SNAT in\n{script}"));
+        let identity = l
+            .iter()
+            .position(|r| r.ends_with("comment \"no-masquerade local-to-remote ipv4\""))
+            .unwrap();
+        assert!(egress < identity, "{script}");
+        assert!(l.contains(&"type nat hook prerouting priority dstnat - 10; policy accept;"));
+        assert!(l.contains(
+            &"iifname \"strait-wg\" ip daddr 242.0.0.9 tcp dport 7777 counter dnat ip to 10.1.1.2:7777 comment \"globalnet ingress web\""
+        ));
+    }
+
+    #[test]
+    fn without_globalnet_the_table_is_as_before() {
+        let plain = NftPlan {
+            globalnet: None,
+            ..globalnet_plan(&[])
+        };
+        let script = render(&plain);
+        assert!(!script.contains("prerouting"), "{script}");
+        assert!(!script.contains("globalnet"), "{script}");
+        // Exports change only their own rules; the rest of the table stays.
+        let one = render(&globalnet_plan(&[("web", "242.0.0.9")]));
+        let two = render(&globalnet_plan(&[
+            ("web", "242.0.0.9"),
+            ("db", "242.0.0.10"),
+        ]));
+        assert_ne!(one, two);
+        assert_eq!(rule_comments(&two).len(), rule_comments(&one).len() + 1);
     }
 }

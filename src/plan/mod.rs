@@ -2,5 +2,6 @@
 //! configuration), and the differences against what is there. No I/O.
 
 pub mod gateway;
+pub mod globalnet;
 pub mod node;
 pub mod routes;

@@ -43,6 +43,11 @@ pub fn active_gateway<'a>(cluster_id: &str, endpoints: &'a [Endpoint]) -> Option
         .map(|e| &e.body.spec)
 }
 
+/// Whether `gateway` (an endpoint of this cluster) is this node's.
+pub fn is_this_node(facts: &NodeFacts, gateway: &EndpointSpec) -> bool {
+    gateway.hostname == facts.name || gateway.private_ip.parse::<Ipv4Addr>() == Ok(facts.ip)
+}
+
 /// A node that is not the active gateway sends remote-bound traffic over
 /// VXLAN to the gateway; the gateway itself routes into the tunnel (see
 /// [`super::routes::gateway_routes`]) and needs nothing here.
@@ -57,7 +62,7 @@ pub fn node_plan(
     let Ok(gateway_ip) = gateway.private_ip.parse::<Ipv4Addr>() else {
         return NodePlan::default();
     };
-    if gateway.hostname == facts.name || gateway_ip == facts.ip {
+    if is_this_node(facts, gateway) {
         return NodePlan::default();
     }
     let via = IpAddr::V4(overlay_address(gateway_ip));
@@ -171,6 +176,15 @@ mod tests {
             &connections(&endpoints),
         );
         assert_eq!(plan, NodePlan::default());
+    }
+
+    #[test]
+    fn a_node_knows_its_own_endpoint_by_name_or_address() {
+        let endpoints = world();
+        let gw = active_gateway("a", &endpoints).unwrap();
+        assert!(is_this_node(&facts("a-gw", [172, 16, 1, 99]), gw));
+        assert!(is_this_node(&facts("renamed", [172, 16, 1, 10]), gw));
+        assert!(!is_this_node(&facts("a-n2", [172, 16, 1, 12]), gw));
     }
 
     #[test]

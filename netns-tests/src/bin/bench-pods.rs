@@ -29,13 +29,11 @@
 //! host's 1-minute load average after the run), then
 //! `median PATH VARIANT MBITS`.
 
-use std::path::PathBuf;
 use std::process::exit;
 use std::time::Duration;
 
-use strait_netns_tests::{wait_until, ClusterSet, ClusterSpec, Netns, Options, Pod, Process};
-
-const IPERF_PORT: &str = "5201";
+use strait_netns_tests::bench::{iperf, iperf_server, load_average, median, BenchArgs};
+use strait_netns_tests::{wait_until, ClusterSet, ClusterSpec, Options, Pod, Process};
 
 fn fail(message: &str) -> ! {
     eprintln!("bench-pods: {message}");
@@ -133,105 +131,22 @@ fn wire_bare(set: &ClusterSet) {
 
 /// `iperf3 -s` in every target pod of a set.
 fn start_servers(set: &ClusterSet, tag: &str) -> Vec<Process> {
-    let mut servers = Vec::new();
-    for node in ["b-gw", "b-w1"] {
-        let pod = pod(set, node);
-        let log = set.root().join(format!("iperf3-{tag}-{node}.log"));
-        let server = pod.ns.spawn(
-            &["iperf3", "-s", "-B", &pod.ip.to_string(), "-p", IPERF_PORT],
-            &[],
-            &log,
-        );
-        wait_until(
-            &format!("iperf3 -s in {} ({tag})", pod.tag()),
-            Duration::from_secs(10),
-            || listening(&pod.ns),
-        );
-        servers.push(server);
-    }
-    servers
-}
-
-fn listening(ns: &Netns) -> bool {
-    let out = ns.exec(&["ss", "-ltnH", "sport", &format!("= :{IPERF_PORT}")]);
-    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
-}
-
-/// One `iperf3 -c`: (receiver Mbit/s, sender retransmits).
-fn iperf(from: &Pod, to: &Pod, seconds: u32) -> Result<(f64, u64), String> {
-    let out = from.exec(&[
-        "timeout",
-        &(seconds + 20).to_string(),
-        "iperf3",
-        "-c",
-        &to.ip.to_string(),
-        "-p",
-        IPERF_PORT,
-        "-t",
-        &seconds.to_string(),
-        "-f",
-        "m",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        return Err(format!(
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    // "[  5]   0.00-5.00   sec   300 MBytes   503 Mbits/sec  123   sender"
-    let figure = |role: &str| -> Option<(f64, Option<u64>)> {
-        let line = text.lines().find(|l| l.trim_end().ends_with(role))?;
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let at = fields.iter().position(|f| *f == "Mbits/sec")?;
-        let mbits = fields.get(at - 1)?.parse().ok()?;
-        let retransmits = fields.get(at + 1).and_then(|r| r.parse().ok());
-        Some((mbits, retransmits))
-    };
-    let (mbits, _) = figure("receiver").ok_or_else(|| format!("no receiver line in:\n{text}"))?;
-    let retransmits = figure("sender").and_then(|(_, r)| r).unwrap_or(0);
-    Ok((mbits, retransmits))
-}
-
-/// The 1-minute load average (the machine's, not the namespaces'): other
-/// work on the host skews the encrypted path far more than the bare one.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
+    ["b-gw", "b-w1"]
+        .into_iter()
+        .map(|node| {
+            let log = set.root().join(format!("iperf3-{tag}-{node}.log"));
+            iperf_server(pod(set, node), &log)
+        })
+        .collect()
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    const USAGE: &str =
-        "usage: bench-pods [--seconds 1..120] [--rounds 1..20] [--root DIR] [--journal FILE]";
-    let mut seconds = 5u32;
-    let mut rounds = 3u32;
-    let mut root: Option<PathBuf> = None;
-    let mut journal: Option<PathBuf> = None;
-    let mut flags = args.iter();
-    while let Some(flag) = flags.next() {
-        let value = flags.next().unwrap_or_else(|| fail(USAGE));
-        let number = || -> u32 { value.parse().unwrap_or_else(|_| fail(USAGE)) };
-        match flag.as_str() {
-            "--seconds" if (1..=120).contains(&number()) => seconds = number(),
-            "--rounds" if (1..=20).contains(&number()) => rounds = number(),
-            "--root" => root = Some(PathBuf::from(value)),
-            "--journal" => journal = Some(PathBuf::from(value)),
-            _ => fail(USAGE),
-        }
-    }
+    let BenchArgs {
+        seconds,
+        rounds,
+        root,
+        journal,
+    } = BenchArgs::parse("bench-pods");
     let options = |tag: &str| {
         let mut options = Options::new();
         options.root = root.as_ref().map(|r| r.join(tag));
@@ -286,7 +201,7 @@ fn main() {
             let (path, variant, _) = runs[at];
             let (name, from, to) = PATHS[path];
             let (tag, set) = variants[variant];
-            let (mbits, retransmits) = iperf(pod(set, from), pod(set, to), seconds)
+            let (mbits, retransmits) = iperf(pod(set, from), pod(set, to).ip, seconds)
                 .unwrap_or_else(|e| fail(&format!("{name} ({tag}), round {}: {e}", round + 1)));
             println!(
                 "run\t{}\t{name}\t{tag}\t{mbits:.0}\t{retransmits}\t{}",

@@ -4,6 +4,10 @@
 //!                        through a directory broker; shows pod-to-pod ping
 //!                        and TCP across them, `strait show connections`
 //!                        and the metrics; leaves them running
+//!   strait-demo up --globalnet
+//!                        the same with identical pod and service CIDRs in
+//!                        both clusters: pods reach each other's exported
+//!                        echo servers through globalnet's ingress IPs
 //!   strait-demo status   what is up, and how to poke at it
 //!   strait-demo down     stops every process and removes every namespace
 //!                        that `up` made (named in /run/strait-demo/state)
@@ -11,17 +15,25 @@
 //! `STRAIT_BIN` names the strait binary (default: `strait` beside this
 //! one); `STRAIT_DEMO_DIR` the state directory (default /run/strait-demo).
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::exit;
 use std::time::{Duration, Instant};
 
-use strait_netns_tests::cluster::{journal_state, parse_metrics, teardown_persisted};
+use strait_netns_tests::cluster::{journal_state, parse_metrics, teardown_persisted, ECHO_PORT};
+use strait_netns_tests::globalnet;
 use strait_netns_tests::{ClusterSet, ClusterSpec, NodeSpec, Options, Pod};
 
 const DOWN: &str = "sudo netns-tests/demo.sh down";
 
 fn main() {
-    let command = std::env::args().nth(1).unwrap_or_else(|| "up".into());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().cloned().unwrap_or_else(|| "up".into());
+    let globalnet = match &args.get(1..).unwrap_or_default() {
+        [] => false,
+        [flag] if flag == "--globalnet" && command == "up" => true,
+        _ => fail("usage: strait-demo up [--globalnet] | status | down"),
+    };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         fail(
@@ -32,10 +44,10 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/strait-demo"));
     match command.as_str() {
-        "up" => up(&dir),
+        "up" => up(&dir, globalnet),
         "down" => down(&dir),
         "status" => status(&dir),
-        _ => fail("usage: strait-demo up|status|down"),
+        _ => fail("usage: strait-demo up [--globalnet] | status | down"),
     }
 }
 
@@ -54,7 +66,7 @@ fn sibling(name: &str) -> Option<PathBuf> {
     path.exists().then_some(path)
 }
 
-fn up(dir: &Path) {
+fn up(dir: &Path, globalnet: bool) {
     let journal = dir.join("state");
     let state = journal_state(&journal);
     if !state.namespaces.is_empty() || !state.processes.is_empty() {
@@ -94,8 +106,11 @@ fn up(dir: &Path) {
     options.log_dir = Some(logs.clone());
     options.journal = Some(journal.clone());
     options.detach = true;
+    if globalnet {
+        options.globalnet = Some(String::new());
+    }
 
-    let specs = [
+    let mut specs = [
         ClusterSpec::new(
             "cluster-a",
             1,
@@ -107,7 +122,16 @@ fn up(dir: &Path) {
             vec![NodeSpec::gateway("b-gw", 1), NodeSpec::worker("b-n1", 1)],
         ),
     ];
-    step("Strait demo: two simulated Kubernetes clusters on this machine");
+    if globalnet {
+        // The same CIDRs on both sides: only globalnet connects them.
+        let (pods, services) = (specs[0].pod_cidr.clone(), specs[0].service_cidr.clone());
+        specs = specs.map(|spec| spec.with_cidrs(&pods, &services));
+    }
+    step(if globalnet {
+        "Strait demo: two simulated Kubernetes clusters with overlapping CIDRs, joined through globalnet"
+    } else {
+        "Strait demo: two simulated Kubernetes clusters on this machine"
+    });
     for spec in &specs {
         println!(
             "  {}: pod CIDR {}, service CIDR {}, gateway node {} (LAN 172.16.{k}.10, WAN 198.51.100.{w}), worker node {} (LAN 172.16.{k}.11)",
@@ -130,7 +154,11 @@ fn up(dir: &Path) {
         let started = Instant::now();
         let set = ClusterSet::build(&specs, options);
         println!("  agents ready (/readyz) after {:.1?}", started.elapsed());
-        show(&set, dir, &strait_bin, &echo_bin);
+        if globalnet {
+            show_globalnet(&set, dir, &strait_bin, &echo_bin);
+        } else {
+            show(&set, dir, &strait_bin, &echo_bin);
+        }
         set.persist()
     }));
     match outcome {
@@ -195,6 +223,109 @@ fn show(set: &ClusterSet, dir: &Path, strait_bin: &Path, echo_bin: &Path) {
         }
     }
 
+    show_status(set);
+    write_info(set, dir, strait_bin, echo_bin, pa, pb, None);
+}
+
+/// Globalnet: each cluster exports its pods' echo servers; pods reach the
+/// other cluster's through their ingress IPs; panics on failure.
+fn show_globalnet(set: &ClusterSet, dir: &Path, strait_bin: &Path, echo_bin: &Path) {
+    let a = set.cluster("cluster-a");
+    let b = set.cluster("cluster-b");
+    step("each cluster's slice of 242.0.0.0/8 and its exports");
+    let mut ingress = Vec::new();
+    for cluster in [a, b] {
+        let gw = cluster.gateway();
+        for pod in cluster.pods() {
+            globalnet::export(gw, &pod.name, pod.ip, ECHO_PORT);
+        }
+        let ips: Vec<Ipv4Addr> = cluster
+            .pods()
+            .map(|pod| globalnet::wait_ingress_ip(gw, &pod.name, Duration::from_secs(10)))
+            .collect();
+        println!(
+            "  {}: global CIDR {}, egress pool {}",
+            cluster.id(),
+            globalnet::global_cidr(gw).unwrap_or_default(),
+            globalnet::egress_ips(gw).unwrap_or_default()
+        );
+        for (pod, ip) in cluster.pods().zip(&ips) {
+            println!(
+                "    export {}: {}:{ECHO_PORT} (pod {}) -> ingress IP {ip}",
+                pod.name,
+                pod.ip,
+                pod.tag()
+            );
+        }
+        ingress.push(ips);
+    }
+    let (pa, pb) = (a.pod(0), b.pod(0));
+    step("waiting for the tunnel between the gateways");
+    let started = Instant::now();
+    while pa
+        .tcp_request_at(pb, ingress[1][0], 16, &["--timeout", "1"])
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "pod {} cannot reach {} at {} after 30 s",
+            pa.tag(),
+            pb.tag(),
+            ingress[1][0]
+        );
+    }
+    println!(
+        "  first request through globalnet after {:.1?}",
+        started.elapsed()
+    );
+    for (from, to, ips) in [(a, b, &ingress[1]), (b, a, &ingress[0])] {
+        for (n, from_pod) in from.pods().enumerate() {
+            let (to_pod, at) = (to.pod(n), ips[n]);
+            step(&format!(
+                "pod {} ({}, cluster {}) -> {at} (the ingress IP of pod {} ({}, cluster {}))",
+                from_pod.name,
+                from_pod.ip,
+                from.id(),
+                to_pod.name,
+                to_pod.ip,
+                to.id()
+            ));
+            match from_pod.tcp_request_at(to_pod, at, 64 * 1024, &[]) {
+                Ok(report) => println!(
+                    "  TCP: 64 KiB echoed back byte for byte by {}: {report}",
+                    to_pod.tag()
+                ),
+                Err(e) => panic!("TCP request failed: {e}"),
+            }
+        }
+    }
+    step("the translation in cluster-b's gateway (nft list table inet strait, nat chains)");
+    let listing = b.gateway().ok(&["nft", "list", "table", "inet", "strait"]);
+    for line in listing
+        .lines()
+        .filter(|l| l.contains("globalnet") || l.contains("dnat") || l.contains("chain pre"))
+    {
+        println!("  {}", line.trim());
+    }
+    step("globalnet metrics of cluster-a's gateway");
+    for sample in parse_metrics(&a.gateway().metrics())
+        .iter()
+        .filter(|s| s.label("cidr").is_some())
+    {
+        println!(
+            "    {}{{cidr=\"{}\"}} {}",
+            sample.name,
+            sample.label("cidr").unwrap_or_default(),
+            sample.value
+        );
+    }
+    show_status(set);
+    write_info(set, dir, strait_bin, echo_bin, pa, pb, Some(ingress[1][0]));
+}
+
+/// `strait show connections` and the metrics of cluster-a's gateway.
+fn show_status(set: &ClusterSet) {
+    let a = set.cluster("cluster-a");
     step("`strait show connections`");
     let settled = Instant::now();
     let connected = loop {
@@ -241,8 +372,6 @@ fn show(set: &ClusterSet, dir: &Path, strait_bin: &Path, echo_bin: &Path) {
             sample.value
         );
     }
-
-    write_info(set, dir, strait_bin, echo_bin, pa, pb);
 }
 
 fn write_info(
@@ -252,19 +381,23 @@ fn write_info(
     echo_bin: &Path,
     pa: &Pod,
     pb: &Pod,
+    ingress_ip: Option<Ipv4Addr>,
 ) {
     let mut text = String::new();
     text.push_str("\n== try it\n");
-    text.push_str(&format!(
-        "  sudo ip netns exec {} ping {}\n",
-        pa.ns.name(),
-        pb.ip
-    ));
+    // An ingress IP forwards the exported port only: no ping.
+    if ingress_ip.is_none() {
+        text.push_str(&format!(
+            "  sudo ip netns exec {} ping {}\n",
+            pa.ns.name(),
+            pb.ip
+        ));
+    }
     text.push_str(&format!(
         "  sudo ip netns exec {} {} request {}:7777 1000000 {}\n",
         pa.ns.name(),
         echo_bin.display(),
-        pb.ip,
+        ingress_ip.unwrap_or(pb.ip),
         pb.tag()
     ));
     text.push_str(&format!(

@@ -1,0 +1,253 @@
+//! The globalnet role, on a gateway of a globalnet cluster: its slice of
+//! the global range (claimed once in the broker), the ingress IPs of its
+//! exported services, and the translation rules the node's nft table gets.
+//!
+//! What it decided is kept in `STATE_DIR/globalnet.yaml` (written
+//! atomically): the slice, the egress pool, each export's ingress IP and
+//! target, and each refused export with its reason. A restart reads the
+//! ingress IPs back, so exports keep their addresses.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipnet::{IpNet, Ipv4Net};
+use serde::{Deserialize, Serialize};
+
+use super::config::AgentConfig;
+use super::gateway::TUNNEL_IF;
+use super::AgentError;
+use crate::broker::globalnet::claim_slice;
+use crate::metrics::Metrics;
+use crate::net::nft::{GlobalnetNft, Protocol};
+use crate::plan::globalnet::{allocate_ingress, nft_rules, parse_export, Export, SliceLayout};
+
+/// The state file, in the agent's state directory.
+pub const STATE_FILE: &str = "globalnet.yaml";
+
+/// The contents of [`STATE_FILE`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalnetState {
+    pub global_cidr: Option<Ipv4Net>,
+    /// `FIRST-LAST`.
+    pub egress_ips: String,
+    pub health_check_ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub ingress: BTreeMap<String, IngressStatus>,
+    /// Export name → why it has no ingress IP.
+    #[serde(default)]
+    pub refused: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressStatus {
+    pub ip: Ipv4Addr,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// Where a cluster's global CIDR comes from when the configuration has
+/// none.
+pub enum SliceSource {
+    /// Claimed in the directory broker at this path.
+    BrokerDir(PathBuf),
+    /// Nowhere: `strait join` allocates it and writes it into the
+    /// configuration (`globalnet.global_cidr`).
+    Joined,
+}
+
+pub struct GlobalnetRole {
+    layout: SliceLayout,
+    local_subnets: Vec<IpNet>,
+    exports_dir: Option<PathBuf>,
+    state_path: PathBuf,
+    state: GlobalnetState,
+    reported_refusals: HashSet<(String, String)>,
+    metrics: Arc<Metrics>,
+}
+
+impl GlobalnetRole {
+    /// Takes this cluster's slice (configured, or claimed in the broker
+    /// directory) and reads the previous state back.
+    pub fn start(
+        config: &AgentConfig,
+        slices: &SliceSource,
+        metrics: Arc<Metrics>,
+    ) -> Result<GlobalnetRole, AgentError> {
+        let g = &config.globalnet;
+        let cidr = match (g.global_cidr, slices) {
+            (Some(cidr), _) => cidr,
+            (None, SliceSource::BrokerDir(root)) => {
+                claim_slice(root, &config.cluster_id, g.cidr_range, g.cluster_size)?
+            }
+            (None, SliceSource::Joined) => {
+                return Err(AgentError::Unsupported(
+                    "globalnet without globalnet.global_cidr outside a dir: broker".into(),
+                ))
+            }
+        };
+        let layout = SliceLayout::new(cidr, g.egress_ips)
+            .map_err(crate::broker::globalnet::ClaimError::from)?;
+        tracing::info!(global_cidr = %cidr, "globalnet: this cluster's global CIDR");
+        let state_path = config.state_dir.join(STATE_FILE);
+        let state = match std::fs::read_to_string(&state_path) {
+            Ok(text) => serde_yaml::from_str::<GlobalnetState>(&text)
+                .ok()
+                .filter(|s| s.global_cidr == Some(cidr))
+                .unwrap_or_default(),
+            Err(_) => GlobalnetState::default(),
+        };
+        let role = GlobalnetRole {
+            layout,
+            local_subnets: config.subnets(),
+            exports_dir: g.exports_dir.clone(),
+            state_path,
+            state,
+            reported_refusals: HashSet::new(),
+            metrics,
+        };
+        Ok(role)
+    }
+
+    pub fn layout(&self) -> SliceLayout {
+        self.layout
+    }
+
+    /// Reads the exports, allocates their ingress IPs, records and reports
+    /// the result; returns the rules for the node's nft table.
+    pub fn reconcile(&mut self) -> Result<GlobalnetNft, AgentError> {
+        let (exports, mut refused) = self.read_exports();
+        let wanted: BTreeSet<String> = exports.iter().map(|e| e.name.clone()).collect();
+        let previous: BTreeMap<String, Ipv4Addr> = self
+            .state
+            .ingress
+            .iter()
+            .map(|(name, status)| (name.clone(), status.ip))
+            .collect();
+        let (ingress, exhausted) = allocate_ingress(&self.layout, &previous, &wanted);
+        refused.extend(exhausted.into_iter().map(|(n, e)| (n, e.to_string())));
+
+        let (first, last) = self.layout.egress_pool();
+        let state = GlobalnetState {
+            global_cidr: Some(self.layout.cidr),
+            egress_ips: format!("{first}-{last}"),
+            health_check_ip: Some(self.layout.health_check_ip()),
+            ingress: exports
+                .iter()
+                .filter_map(|e| {
+                    let ip = *ingress.get(&e.name)?;
+                    Some((
+                        e.name.clone(),
+                        IngressStatus {
+                            ip,
+                            address: e.address,
+                            port: e.port,
+                            protocol: e.protocol,
+                        },
+                    ))
+                })
+                .collect(),
+            refused,
+        };
+        if state != self.state {
+            write_atomically(&self.state_path, &state)?;
+            self.state = state;
+        }
+        self.report();
+        Ok(nft_rules(TUNNEL_IF, &self.layout, &exports, &ingress))
+    }
+
+    /// The exports of the exports directory, and the refused ones with
+    /// their reasons. A missing directory has none.
+    fn read_exports(&self) -> (Vec<Export>, BTreeMap<String, String>) {
+        let mut exports = Vec::new();
+        let mut refused = BTreeMap::new();
+        let Some(dir) = &self.exports_dir else {
+            return (exports, refused);
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (exports, refused),
+            Err(e) => {
+                refused.insert(dir.display().to_string(), format!("unreadable: {e}"));
+                return (exports, refused);
+            }
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            let Some(stem) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| !n.starts_with('.'))
+                .and_then(|n| n.strip_suffix(".yaml"))
+            else {
+                continue;
+            };
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| format!("unreadable: {e}"))
+                .and_then(|text| parse_export(stem, &text, &self.local_subnets));
+            match parsed {
+                Ok(export) => exports.push(export),
+                Err(reason) => {
+                    refused.insert(stem.to_string(), reason);
+                }
+            }
+        }
+        (exports, refused)
+    }
+
+    /// Logs each refusal once while it lasts; sets the gauges.
+    fn report(&mut self) {
+        let refusals: HashSet<(String, String)> = self
+            .state
+            .refused
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        for (export, reason) in refusals.difference(&self.reported_refusals) {
+            tracing::warn!(%export, %reason, "globalnet: export refused");
+        }
+        self.reported_refusals = refusals;
+
+        let cidr = self.layout.cidr.to_string();
+        let labels = [cidr.as_str()];
+        let ingress = self.state.ingress.len();
+        let (allocated, available) = self.layout.usage(ingress);
+        let m = &self.metrics;
+        m.global_ip_availability
+            .with_label_values(&labels)
+            .set(f64::from(available));
+        m.global_ip_allocated
+            .with_label_values(&labels)
+            .set(f64::from(allocated));
+        // No per-namespace or per-pod egress IPs in dir mode.
+        m.global_egress_ip_allocated
+            .with_label_values(&labels)
+            .set(0.0);
+        m.cluster_global_egress_ip_allocated
+            .with_label_values(&labels)
+            .set(f64::from(self.layout.egress));
+        m.global_ingress_ip_allocated
+            .with_label_values(&labels)
+            .set(ingress as f64);
+        m.globalnet_exports_refused
+            .set(self.state.refused.len() as i64);
+    }
+}
+
+fn write_atomically(path: &Path, state: &GlobalnetState) -> Result<(), AgentError> {
+    let text = serde_yaml::to_string(state).expect("the state serializes");
+    let temp = path.with_extension("yaml.tmp");
+    let io = |source| AgentError::State {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    std::fs::write(&temp, text).map_err(io)?;
+    std::fs::rename(&temp, path).map_err(io)
+}
