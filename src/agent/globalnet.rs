@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::AgentConfig;
 use super::gateway::TUNNEL_IF;
+use super::service_exports::ServiceExports;
 use super::AgentError;
 use crate::broker::globalnet::claim_slice;
 use crate::metrics::Metrics;
@@ -58,10 +59,21 @@ pub enum SliceSource {
     Joined,
 }
 
+/// Where the exported services come from.
+pub enum ExportSource {
+    /// `dir` mode: one file per export in this directory (none unset).
+    Dir(Option<PathBuf>),
+    /// Kubernetes mode: the local cluster's `ServiceExport`s, and where
+    /// what became of them is written.
+    Kubernetes(ServiceExports),
+}
+
 pub struct GlobalnetRole {
     layout: SliceLayout,
     local_subnets: Vec<IpNet>,
-    exports_dir: Option<PathBuf>,
+    exports: ExportSource,
+    /// Kubernetes mode: the state is not yet written back to the API.
+    report_pending: bool,
     state_path: PathBuf,
     state: GlobalnetState,
     reported_refusals: HashSet<(String, String)>,
@@ -74,6 +86,7 @@ impl GlobalnetRole {
     pub fn start(
         config: &AgentConfig,
         slices: &SliceSource,
+        exports: ExportSource,
         metrics: Arc<Metrics>,
     ) -> Result<GlobalnetRole, AgentError> {
         let g = &config.globalnet;
@@ -102,7 +115,8 @@ impl GlobalnetRole {
         let role = GlobalnetRole {
             layout,
             local_subnets: config.subnets(),
-            exports_dir: g.exports_dir.clone(),
+            exports,
+            report_pending: true,
             state_path,
             state,
             reported_refusals: HashSet::new(),
@@ -117,8 +131,13 @@ impl GlobalnetRole {
 
     /// Reads the exports, allocates their ingress IPs, records and reports
     /// the result; returns the rules for the node's nft table.
-    pub fn reconcile(&mut self) -> Result<GlobalnetNft, AgentError> {
-        let (exports, mut refused) = self.read_exports();
+    pub async fn reconcile(&mut self) -> Result<GlobalnetNft, AgentError> {
+        let (exports, mut refused) = match &self.exports {
+            ExportSource::Dir(dir) => read_exports(dir.as_deref(), &self.local_subnets),
+            ExportSource::Kubernetes(service_exports) => {
+                service_exports.current(&self.local_subnets)
+            }
+        };
         let wanted: BTreeSet<String> = exports.iter().map(|e| e.name.clone()).collect();
         let previous: BTreeMap<String, Ipv4Addr> = self
             .state
@@ -151,52 +170,33 @@ impl GlobalnetRole {
                 .collect(),
             refused,
         };
+        let gone: Vec<String> = self
+            .state
+            .ingress
+            .keys()
+            .filter(|name| !state.ingress.contains_key(*name))
+            .cloned()
+            .collect();
         if state != self.state {
             write_atomically(&self.state_path, &state)?;
             self.state = state;
+            self.report_pending = true;
         }
         self.report();
-        Ok(nft_rules(TUNNEL_IF, &self.layout, &exports, &ingress))
-    }
-
-    /// The exports of the exports directory, and the refused ones with
-    /// their reasons. A missing directory has none.
-    fn read_exports(&self) -> (Vec<Export>, BTreeMap<String, String>) {
-        let mut exports = Vec::new();
-        let mut refused = BTreeMap::new();
-        let Some(dir) = &self.exports_dir else {
-            return (exports, refused);
-        };
-        let entries = match std::fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (exports, refused),
-            Err(e) => {
-                refused.insert(dir.display().to_string(), format!("unreadable: {e}"));
-                return (exports, refused);
-            }
-        };
-        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-        paths.sort();
-        for path in paths {
-            let Some(stem) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .filter(|n| !n.starts_with('.'))
-                .and_then(|n| n.strip_suffix(".yaml"))
-            else {
-                continue;
-            };
-            let parsed = std::fs::read_to_string(&path)
-                .map_err(|e| format!("unreadable: {e}"))
-                .and_then(|text| parse_export(stem, &text, &self.local_subnets));
-            match parsed {
-                Ok(export) => exports.push(export),
-                Err(reason) => {
-                    refused.insert(stem.to_string(), reason);
+        if let (ExportSource::Kubernetes(service_exports), true) =
+            (&self.exports, self.report_pending)
+        {
+            match service_exports
+                .report(&ingress, &self.state.refused, &gone)
+                .await
+            {
+                Ok(()) => self.report_pending = false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "globalnet: writing the exports' status failed")
                 }
             }
         }
-        (exports, refused)
+        Ok(nft_rules(TUNNEL_IF, &self.layout, &exports, &ingress))
     }
 
     /// Logs each refusal once while it lasts; sets the gauges.
@@ -236,6 +236,46 @@ impl GlobalnetRole {
         m.globalnet_exports_refused
             .set(self.state.refused.len() as i64);
     }
+}
+
+/// The exports of the exports directory, and the refused ones with their
+/// reasons. A missing directory has none.
+fn read_exports(dir: Option<&Path>, local: &[IpNet]) -> (Vec<Export>, BTreeMap<String, String>) {
+    let mut exports = Vec::new();
+    let mut refused = BTreeMap::new();
+    let Some(dir) = dir else {
+        return (exports, refused);
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (exports, refused),
+        Err(e) => {
+            refused.insert(dir.display().to_string(), format!("unreadable: {e}"));
+            return (exports, refused);
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+    paths.sort();
+    for path in paths {
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| !n.starts_with('.'))
+            .and_then(|n| n.strip_suffix(".yaml"))
+        else {
+            continue;
+        };
+        let parsed = std::fs::read_to_string(&path)
+            .map_err(|e| format!("unreadable: {e}"))
+            .and_then(|text| parse_export(stem, &text, local));
+        match parsed {
+            Ok(export) => exports.push(export),
+            Err(reason) => {
+                refused.insert(stem.to_string(), reason);
+            }
+        }
+    }
+    (exports, refused)
 }
 
 fn write_atomically(path: &Path, state: &GlobalnetState) -> Result<(), AgentError> {

@@ -30,13 +30,15 @@ pub mod health;
 pub mod kubernetes;
 pub mod lease;
 pub mod node;
+pub mod service_exports;
 
 use crate::plan::globalnet::SliceLayout;
 use config::AgentConfig;
 use gateway::{GatewayRole, TUNNEL_IF};
-use globalnet::{GlobalnetRole, SliceSource};
+use globalnet::{ExportSource, GlobalnetRole, SliceSource};
 use lease::{LeaderElector, Leadership};
 use node::RouteAgent;
+use service_exports::ServiceExports;
 
 /// Reconcile at least this often, even when nothing announced a change.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(1);
@@ -175,14 +177,26 @@ impl Agent {
         let netlink = Netlink::connect()?;
         // Globalnet translates on the active gateway; candidates hold
         // their cluster's slice so that they can take over.
+        let exports_changes = watch::Sender::new(0u64);
         let mut globalnet = match config.node.gateway && config.globalnet.enabled {
-            true => Some(GlobalnetRole::start(
-                &config,
-                &slices,
-                self.metrics.clone(),
-            )?),
+            true => {
+                let exports = match &local {
+                    Some(local) => ExportSource::Kubernetes(ServiceExports::start(
+                        local.client.clone(),
+                        &exports_changes,
+                    )),
+                    None => ExportSource::Dir(config.globalnet.exports_dir.clone()),
+                };
+                Some(GlobalnetRole::start(
+                    &config,
+                    &slices,
+                    exports,
+                    self.metrics.clone(),
+                )?)
+            }
             false => None,
         };
+        let mut exports_changed = exports_changes.subscribe();
         let global = globalnet.as_ref().map(GlobalnetRole::layout);
         let local_facts = LocalFacts {
             cluster_id: config.cluster_id.clone(),
@@ -238,6 +252,7 @@ impl Agent {
                     continue;
                 }
                 _ = changes.changed() => {}
+                _ = exports_changed.changed() => {}
                 _ = kernel_changes.changed() => {}
                 Ok(()) = leadership_changes.changed() => {}
                 _ = reconcile_timer.tick() => {}
@@ -332,7 +347,10 @@ async fn reconcile<B: Broker>(
         gateway.reconcile(&snapshot, &plan).await?;
         desired.extend(gateway.routes(&plan));
     }
-    let translation = roles.globalnet.map(GlobalnetRole::reconcile).transpose()?;
+    let translation = match roles.globalnet {
+        Some(globalnet) => Some(globalnet.reconcile().await?),
+        None => None,
+    };
     desired.extend(
         roles
             .route_agent

@@ -32,23 +32,34 @@ use super::{Broker, BrokerError, Skipped, Snapshot};
 /// Who Strait's writes are from, for server-side apply.
 pub const FIELD_MANAGER: &str = "strait";
 
-/// The objects of one kind as the API server last listed and watched them.
-type Cache = BTreeMap<String, DynamicObject>;
+/// The objects of one kind as the API server last listed and watched
+/// them, by name (or `namespace/name` when watched in every namespace).
+pub type Cache = BTreeMap<String, DynamicObject>;
 
-#[derive(Default)]
-struct Caches {
-    clusters: Cache,
-    endpoints: Cache,
-    gateways: Cache,
+/// A cache kept up to date by a watch, for as long as this lives.
+pub struct Watched {
+    objects: Arc<RwLock<Cache>>,
+    task: JoinHandle<()>,
 }
 
-impl Caches {
-    fn of_kind(&mut self, kind: &str) -> &mut Cache {
-        match kind {
-            "Cluster" => &mut self.clusters,
-            "Endpoint" => &mut self.endpoints,
-            _ => &mut self.gateways,
-        }
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Watched {
+    /// Starts watching `api`, retrying after errors (the cache keeps the
+    /// last state meanwhile); every change of the cache bumps `changes`.
+    pub fn start(api: Api<DynamicObject>, target: String, changes: watch::Sender<u64>) -> Watched {
+        let objects = Arc::new(RwLock::new(Cache::new()));
+        let task = tokio::spawn(watch_into(api, target, objects.clone(), changes));
+        Watched { objects, task }
+    }
+
+    /// The objects now.
+    pub fn objects(&self) -> parking_lot::RwLockReadGuard<'_, Cache> {
+        self.objects.read()
     }
 }
 
@@ -63,17 +74,10 @@ pub struct KubeBroker {
     broker: Namespace,
     local: Namespace,
     local_cluster: String,
-    caches: Arc<RwLock<Caches>>,
+    clusters: Watched,
+    endpoints: Watched,
+    gateways: Watched,
     changes: watch::Sender<u64>,
-    watches: Vec<JoinHandle<()>>,
-}
-
-impl Drop for KubeBroker {
-    fn drop(&mut self) {
-        for task in &self.watches {
-            task.abort();
-        }
-    }
 }
 
 /// A client from a kubeconfig file and the namespace of its context.
@@ -116,21 +120,24 @@ impl KubeBroker {
     /// the cache is empty (the agent plans nothing from an empty set, and
     /// keeps what it has).
     pub fn start(broker: Namespace, local: Namespace, local_cluster: &str) -> Arc<KubeBroker> {
-        let caches = Arc::new(RwLock::new(Caches::default()));
         let changes = watch::Sender::new(0u64);
-        let watches = vec![
-            spawn_watch::<Spec<ClusterSpec>>(&broker, caches.clone(), changes.clone()),
-            spawn_watch::<Spec<EndpointSpec>>(&broker, caches.clone(), changes.clone()),
-            spawn_watch::<Status<GatewayStatus>>(&local, caches.clone(), changes.clone()),
-        ];
         Arc::new(KubeBroker {
+            clusters: watch_kind::<Spec<ClusterSpec>>(&broker, &changes),
+            endpoints: watch_kind::<Spec<EndpointSpec>>(&broker, &changes),
+            gateways: watch_kind::<Status<GatewayStatus>>(&local, &changes),
             broker,
             local,
             local_cluster: local_cluster.to_string(),
-            caches,
             changes,
-            watches,
         })
+    }
+
+    fn watched<S: Kind>(&self) -> &Watched {
+        match S::KIND {
+            "Cluster" => &self.clusters,
+            "Endpoint" => &self.endpoints,
+            _ => &self.gateways,
+        }
     }
 
     /// Where objects of kind `S` live.
@@ -147,48 +154,55 @@ impl KubeBroker {
     }
 }
 
-/// Watches one kind for as long as the broker lives, retrying after
-/// errors; every change of the cache bumps `changes`.
-fn spawn_watch<S: Kind>(
-    side: &Namespace,
-    caches: Arc<RwLock<Caches>>,
-    changes: watch::Sender<u64>,
-) -> JoinHandle<()> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(side.client.clone(), &side.name, &resource::<S>());
+fn watch_kind<S: Kind>(side: &Namespace, changes: &watch::Sender<u64>) -> Watched {
+    let api = Api::namespaced_with(side.client.clone(), &side.name, &resource::<S>());
     let target = format!("{} in namespace {}", S::PLURAL, side.name);
-    tokio::spawn(async move {
-        let mut events = watcher::watcher(api, watcher::Config::default())
-            .backoff(RetryBackoff::default())
-            .boxed();
-        let mut listing: Option<Cache> = None;
-        let mut failing = false;
-        while let Some(event) = events.next().await {
-            let event = match event {
-                Ok(event) => event,
-                Err(e) => {
-                    // Said once per outage, not once per retry.
-                    if !failing {
-                        tracing::warn!(error = %e, "watching {target} failed: keeping the last known objects, retrying");
-                    }
-                    failing = true;
-                    continue;
+    Watched::start(api, target, changes.clone())
+}
+
+/// The cache key of an object: `namespace/name` or, outside namespaces,
+/// the name.
+fn key_of(object: &DynamicObject) -> String {
+    let name = object.metadata.name.clone().unwrap_or_default();
+    match &object.metadata.namespace {
+        Some(namespace) if namespace.is_empty() => name,
+        Some(namespace) => format!("{namespace}/{name}"),
+        None => name,
+    }
+}
+
+async fn watch_into(
+    api: Api<DynamicObject>,
+    target: String,
+    objects: Arc<RwLock<Cache>>,
+    changes: watch::Sender<u64>,
+) {
+    let mut events = watcher::watcher(api, watcher::Config::default())
+        .backoff(RetryBackoff::default())
+        .boxed();
+    let mut listing: Option<Cache> = None;
+    let mut failing = false;
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                // Said once per outage, not once per retry.
+                if !failing {
+                    tracing::warn!(error = %e, "watching {target} failed: keeping the last known objects, retrying");
                 }
-            };
-            if failing {
-                tracing::info!("watching {target} again");
-                failing = false;
+                failing = true;
+                continue;
             }
-            let changed = {
-                let mut caches = caches.write();
-                let cache = caches.of_kind(S::KIND);
-                apply_event(cache, &mut listing, event)
-            };
-            if changed {
-                changes.send_modify(|n| *n += 1);
-            }
+        };
+        if failing {
+            tracing::info!("watching {target} again");
+            failing = false;
         }
-    })
+        let changed = apply_event(&mut objects.write(), &mut listing, event);
+        if changed {
+            changes.send_modify(|n| *n += 1);
+        }
+    }
 }
 
 /// Folds one watch event into the cache; a relist replaces the cache as a
@@ -198,7 +212,7 @@ fn apply_event(
     listing: &mut Option<Cache>,
     event: Event<DynamicObject>,
 ) -> bool {
-    let name = |o: &DynamicObject| o.metadata.name.clone().unwrap_or_default();
+    let name = key_of;
     match event {
         Event::Init => {
             *listing = Some(Cache::new());
@@ -277,8 +291,9 @@ fn decode<S: Kind>(object: &DynamicObject) -> Result<Object<S>, String> {
 
 fn decode_all<S: Kind>(cache: &Cache, skipped: &mut Vec<Skipped>) -> Vec<Object<S>> {
     cache
-        .iter()
-        .filter_map(|(name, object)| {
+        .values()
+        .filter_map(|object| {
+            let name = object.metadata.name.as_deref().unwrap_or_default();
             decode(object)
                 .map_err(|reason| {
                     skipped.push(Skipped {
@@ -293,18 +308,18 @@ fn decode_all<S: Kind>(cache: &Cache, skipped: &mut Vec<Skipped>) -> Vec<Object<
 
 impl Broker for KubeBroker {
     async fn snapshot(&self) -> Result<Snapshot, BrokerError> {
-        let caches = self.caches.read();
         let mut skipped = Vec::new();
         Ok(Snapshot {
-            clusters: decode_all(&caches.clusters, &mut skipped),
-            endpoints: decode_all(&caches.endpoints, &mut skipped),
-            gateways: decode_all(&caches.gateways, &mut skipped),
+            clusters: decode_all(&self.clusters.objects(), &mut skipped),
+            endpoints: decode_all(&self.endpoints.objects(), &mut skipped),
+            gateways: decode_all(&self.gateways.objects(), &mut skipped),
             skipped,
         })
     }
 
     async fn get<S: Kind + Send>(&self, name: &str) -> Result<Option<Object<S>>, BrokerError> {
-        let cached = self.caches.write().of_kind(S::KIND).get(name).cloned();
+        let key = format!("{}/{name}", self.side::<S>().name);
+        let cached = self.watched::<S>().objects().get(&key).cloned();
         Ok(cached.and_then(|o| decode(&o).ok()))
     }
 
@@ -360,33 +375,29 @@ pub async fn read_snapshot(
     broker: &Namespace,
     local: Option<&Namespace>,
 ) -> Result<Snapshot, BrokerError> {
-    let mut caches = Caches::default();
-    list_into::<Spec<ClusterSpec>>(broker, &mut caches).await?;
-    list_into::<Spec<EndpointSpec>>(broker, &mut caches).await?;
-    if let Some(local) = local {
-        list_into::<Status<GatewayStatus>>(local, &mut caches).await?;
-    }
+    let clusters = list::<Spec<ClusterSpec>>(broker).await?;
+    let endpoints = list::<Spec<EndpointSpec>>(broker).await?;
+    let gateways = match local {
+        Some(local) => list::<Status<GatewayStatus>>(local).await?,
+        None => Cache::new(),
+    };
     let mut skipped = Vec::new();
     Ok(Snapshot {
-        clusters: decode_all(&caches.clusters, &mut skipped),
-        endpoints: decode_all(&caches.endpoints, &mut skipped),
-        gateways: decode_all(&caches.gateways, &mut skipped),
+        clusters: decode_all(&clusters, &mut skipped),
+        endpoints: decode_all(&endpoints, &mut skipped),
+        gateways: decode_all(&gateways, &mut skipped),
         skipped,
     })
 }
 
-async fn list_into<S: Kind>(side: &Namespace, caches: &mut Caches) -> Result<(), BrokerError> {
+async fn list<S: Kind>(side: &Namespace) -> Result<Cache, BrokerError> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(side.client.clone(), &side.name, &resource::<S>());
     let list = api.list(&Default::default()).await.map_err(kube_error(
         "listing",
         format!("{} in namespace {}", S::PLURAL, side.name),
     ))?;
-    let cache = caches.of_kind(S::KIND);
-    for object in list.items {
-        cache.insert(object.metadata.name.clone().unwrap_or_default(), object);
-    }
-    Ok(())
+    Ok(list.items.into_iter().map(|o| (key_of(&o), o)).collect())
 }
 
 #[cfg(test)]

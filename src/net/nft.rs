@@ -36,7 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::{Command, Stdio};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -103,10 +103,13 @@ pub struct IngressRule {
     pub global_ip: Ipv4Addr,
     pub protocol: Protocol,
     pub port: u16,
-    pub target: Ipv4Addr,
+    /// Where connections go, spread evenly (`numgen`) over several.
+    pub targets: Vec<SocketAddrV4>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -217,11 +220,24 @@ fn render_body(plan: &NftPlan) -> String {
         let rules: Vec<(String, String)> = globalnet
             .ingress
             .iter()
+            .filter(|r| !r.targets.is_empty())
             .map(|r| {
+                let to = match r.targets.as_slice() {
+                    [one] => one.to_string(),
+                    many => format!(
+                        "numgen inc mod {} map {{ {} }}",
+                        many.len(),
+                        many.iter()
+                            .enumerate()
+                            .map(|(i, t)| format!("{i} : {} . {}", t.ip(), t.port()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
                 (
                     format!(
-                        "iifname \"{}\" ip daddr {} {} dport {} counter dnat ip to {}:{}",
-                        globalnet.tunnel, r.global_ip, r.protocol, r.port, r.target, r.port
+                        "iifname \"{}\" ip daddr {} {} dport {} counter dnat ip to {to}",
+                        globalnet.tunnel, r.global_ip, r.protocol, r.port
                     ),
                     format!("{GLOBALNET_INGRESS} {}", r.name),
                 )
@@ -824,7 +840,7 @@ mod tests {
                         global_ip: ip.parse().unwrap(),
                         protocol: Protocol::Tcp,
                         port: 7777,
-                        target: "10.1.1.2".parse().unwrap(),
+                        targets: vec!["10.1.1.2:7777".parse().unwrap()],
                     })
                     .collect(),
             }),
@@ -850,6 +866,25 @@ mod tests {
         assert!(l.contains(
             &"iifname \"strait-wg\" ip daddr 242.0.0.9 tcp dport 7777 counter dnat ip to 10.1.1.2:7777 comment \"globalnet ingress web\""
         ));
+    }
+
+    #[test]
+    fn an_export_with_several_targets_spreads_connections_over_them() {
+        let mut plan = globalnet_plan(&[("shop/web", "242.0.0.9")]);
+        let globalnet = plan.globalnet.as_mut().unwrap();
+        globalnet.ingress[0].targets = vec![
+            "10.1.1.2:8080".parse().unwrap(),
+            "10.1.2.2:8080".parse().unwrap(),
+        ];
+        let script = render(&plan);
+        assert!(lines(&script).contains(
+            &"iifname \"strait-wg\" ip daddr 242.0.0.9 tcp dport 7777 counter dnat ip to numgen inc mod 2 map { 0 : 10.1.1.2 . 8080, 1 : 10.1.2.2 . 8080 } comment \"globalnet ingress shop/web\""
+        ), "{script}");
+        plan.globalnet.as_mut().unwrap().ingress[0].targets.clear();
+        assert!(
+            !render(&plan).contains("dnat"),
+            "an export without targets has no rule"
+        );
     }
 
     #[test]

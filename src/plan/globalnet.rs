@@ -6,7 +6,7 @@
 //! `submariner-globalnet-info` ConfigMap) and the kernel are elsewhere.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
@@ -138,6 +138,10 @@ pub struct Export {
     pub port: u16,
     #[serde(default)]
     pub protocol: Protocol,
+    /// Where `port` leads at `address`, when not the same port (a
+    /// Service's `targetPort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
 }
 
 /// Parses the export file `<stem>.yaml` and checks that its target is an
@@ -214,28 +218,38 @@ pub fn allocate_ingress(
 }
 
 /// The gateway's translation rules: the egress pool and one DNAT per
-/// export that has an ingress IP, for traffic out of `tunnel`.
+/// export port that has an ingress IP, for traffic out of `tunnel`. The
+/// entries of one export and port (a service's endpoints) share the rule.
 pub fn nft_rules(
     tunnel: &str,
     layout: &SliceLayout,
     exports: &[Export],
     ingress: &BTreeMap<String, Ipv4Addr>,
 ) -> GlobalnetNft {
+    let mut rules: BTreeMap<(String, Protocol, u16), IngressRule> = BTreeMap::new();
+    for e in exports {
+        let Some(ip) = ingress.get(&e.name) else {
+            continue;
+        };
+        rules
+            .entry((e.name.clone(), e.protocol, e.port))
+            .or_insert_with(|| IngressRule {
+                name: e.name.clone(),
+                global_ip: *ip,
+                protocol: e.protocol,
+                port: e.port,
+                targets: Vec::new(),
+            })
+            .targets
+            .push(SocketAddrV4::new(
+                e.address,
+                e.target_port.unwrap_or(e.port),
+            ));
+    }
     GlobalnetNft {
         tunnel: tunnel.to_string(),
         egress: layout.egress_pool(),
-        ingress: exports
-            .iter()
-            .filter_map(|e| {
-                ingress.get(&e.name).map(|ip| IngressRule {
-                    name: e.name.clone(),
-                    global_ip: *ip,
-                    protocol: e.protocol,
-                    port: e.port,
-                    target: e.address,
-                })
-            })
-            .collect(),
+        ingress: rules.into_values().collect(),
     }
 }
 
@@ -419,6 +433,7 @@ mod tests {
             address: Ipv4Addr::new(10, 1, 1, 2),
             port: 7777,
             protocol: Protocol::Tcp,
+            target_port: None,
         };
         let ingress = BTreeMap::from([("web".to_string(), Ipv4Addr::new(242, 1, 0, 9))]);
         let rules = nft_rules(
@@ -430,6 +445,12 @@ mod tests {
         assert_eq!(rules.egress, layout.egress_pool());
         assert_eq!(rules.ingress.len(), 1);
         assert_eq!(rules.ingress[0].global_ip, Ipv4Addr::new(242, 1, 0, 9));
-        assert_eq!(rules.ingress[0].target, Ipv4Addr::new(10, 1, 1, 2));
+        assert_eq!(
+            rules.ingress[0].targets,
+            [SocketAddrV4::new(
+                Ipv4Addr::new(10, 1, 1, 2),
+                rules.ingress[0].port
+            )]
+        );
     }
 }
