@@ -5,16 +5,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::admissionregistration::v1::{
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::Api;
 
-use super::apply::{apply, apply_crds, create_once, Applied};
+use super::apply::{applied, apply_crds, create_once, Applied};
 use super::broker_info::{BrokerAccess, BrokerInfo, PSK_KEY, PSK_SECRET_NAME};
 use super::globalnet_info::GlobalnetSettings;
 use super::manifests::NAMESPACE_NAME_LABEL;
@@ -58,52 +54,23 @@ pub async fn deploy_broker(
         },
         ..Default::default()
     };
-    report(
-        apply(&Api::<Namespace>::all(client.clone()), &namespace)
-            .await?
-            .1,
-    );
-
+    report(applied(Api::all(client.clone()), &namespace).await?);
     for crd in apply_crds(&client).await? {
         report(crd);
     }
-
-    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), ns);
     let admin = rbac::service_account(rbac::BROKER_ADMIN, ns, Default::default());
-    report(apply(&accounts, &admin).await?.1);
-    report(
-        apply(
-            &Api::<Role>::namespaced(client.clone(), ns),
-            &rbac::admin_role(ns),
-        )
-        .await?
-        .1,
-    );
+    report(applied(Api::namespaced(client.clone(), ns), &admin).await?);
+    let role = rbac::admin_role(ns);
+    report(applied(Api::namespaced(client.clone(), ns), &role).await?);
     let binding = rbac::role_binding(rbac::BROKER_ADMIN, ns);
-    report(
-        apply(
-            &Api::<RoleBinding>::namespaced(client.clone(), ns),
-            &binding,
-        )
-        .await?
-        .1,
-    );
-
+    report(applied(Api::namespaced(client.clone(), ns), &binding).await?);
     let (policy, policy_binding) = rbac::ownership_policy(ns);
-    report(
-        apply(
-            &Api::<ValidatingAdmissionPolicy>::all(client.clone()),
-            &policy,
-        )
-        .await?
-        .1,
-    );
-    let bindings = Api::<ValidatingAdmissionPolicyBinding>::all(client.clone());
-    report(apply(&bindings, &policy_binding).await?.1);
+    report(applied(Api::all(client.clone()), &policy).await?);
+    report(applied(Api::all(client.clone()), &policy_binding).await?);
 
     // Clusters add their global CIDRs to it: created once, never applied.
     let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
-    let (existing, applied) = create_once(&config_maps, &opts.globalnet.config_map(ns)).await?;
+    let (existing, change) = create_once(&config_maps, &opts.globalnet.config_map(ns)).await?;
     if !opts.globalnet.matches(&existing) {
         return Err(SetupError::Refused(format!(
             "ConfigMap {ns}/{} holds other globalnet settings than asked for ({:?}); \
@@ -112,15 +79,15 @@ pub async fn deploy_broker(
             existing.data.unwrap_or_default()
         )));
     }
-    report(applied);
+    report(change);
 
     // Clusters that joined use this PSK: a new one would cut them off.
-    let (psk_secret, applied) = create_once(
+    let (psk_secret, change) = create_once(
         &Api::<Secret>::namespaced(client.clone(), ns),
         &psk_secret(ns)?,
     )
     .await?;
-    report(applied);
+    report(change);
     let psk = psk_secret
         .data
         .and_then(|d| d.get(PSK_KEY).cloned())

@@ -57,7 +57,7 @@ pub enum Event {
 }
 
 /// Reads and checks the broker-info file: the first thing `join` does.
-pub fn read_broker_info(path: &std::path::Path) -> Result<(BrokerInfo, BrokerAccess), SetupError> {
+pub fn read_broker_info(path: &std::path::Path) -> Result<BrokerAccess, SetupError> {
     let text = std::fs::read_to_string(path).map_err(|error| SetupError::Io {
         op: "reading the broker-info file",
         path: path.into(),
@@ -67,12 +67,12 @@ pub fn read_broker_info(path: &std::path::Path) -> Result<(BrokerInfo, BrokerAcc
         path: path.into(),
         error,
     };
-    let info = BrokerInfo::decode(&text).map_err(invalid)?;
-    let access = info.access().map_err(invalid)?;
-    Ok((info, access))
+    BrokerInfo::decode(&text)
+        .and_then(|info| info.access())
+        .map_err(invalid)
 }
 
-pub fn cluster_resource() -> ApiResource {
+fn cluster_resource() -> ApiResource {
     ApiResource {
         group: SUBMARINER_GROUP.into(),
         version: "v1".into(),
@@ -102,7 +102,7 @@ struct Checked {
 }
 
 pub async fn join(opts: &JoinOptions, report: &mut dyn FnMut(Event)) -> Result<(), SetupError> {
-    let (_, access) = read_broker_info(&opts.broker_info)?;
+    let access = read_broker_info(&opts.broker_info)?;
     if let Some(problem) = cluster_id_problem(&opts.cluster_id) {
         return Err(SetupError::Refused(problem));
     }
@@ -239,14 +239,14 @@ async fn register(
         applied(Api::namespaced(broker.clone(), bns), &binding).await?,
     ));
     let cluster = cluster_object(id, bns, &checked.cluster_cidrs, &checked.service_cidrs);
-    let (_, applied) = apply_as(
+    let (_, change) = apply_as(
         &broker_clusters(broker, bns),
         &cluster,
         "Cluster",
         JOIN_FIELD_MANAGER,
     )
     .await?;
-    report(Event::Broker(applied));
+    report(Event::Broker(change));
     Ok(())
 }
 
@@ -307,7 +307,7 @@ async fn install(
     let monitors =
         Api::<DynamicObject>::namespaced_with(c.clone(), ns, &service_monitor_resource());
     match apply_as(&monitors, &m.service_monitor, "ServiceMonitor", FIELD_MANAGER).await {
-        Ok((_, applied)) => report(Event::Cluster(applied)),
+        Ok((_, change)) => report(Event::Cluster(change)),
         Err(SetupError::Api {
             error: kube::Error::Api(status),
             ..
