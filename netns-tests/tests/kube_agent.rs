@@ -5,7 +5,7 @@
 //! the dataplane outlives a broker outage.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -14,7 +14,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
-use strait_netns_tests::cluster::{ClusterSet, ClusterSpec, NodeSpec, Options};
+use strait_netns_tests::cluster::{ClusterSet, ClusterSpec, NodeSpec, Options, ECHO_PORT};
 use strait_netns_tests::kube::{block_on_in_netns, ApiServer, ApiServerOptions};
 use strait_netns_tests::wait_until;
 
@@ -157,7 +157,13 @@ impl KubeSet {
     /// Builds the clusters, starts the broker API server and one per
     /// cluster, registers the nodes and starts every agent.
     fn start(specs: &[ClusterSpec]) -> KubeSet {
-        let mut set = ClusterSet::empty(Options::new());
+        KubeSet::start_with(specs, Options::new(), false)
+    }
+
+    /// [`KubeSet::start`] with `options`; with `globalnet`, cluster `k`
+    /// gets the global CIDR 242.(k-1).0.0/16 (as `strait join` writes it).
+    fn start_with(specs: &[ClusterSpec], options: Options, globalnet: bool) -> KubeSet {
+        let mut set = ClusterSet::empty(options);
         for spec in specs {
             set.add_cluster(spec.clone());
         }
@@ -210,11 +216,17 @@ impl KubeSet {
             std::fs::write(&local_kubeconfig, kubeconfig_in(&local, STRAIT_NAMESPACE)).unwrap();
             for node in &cluster.nodes {
                 let text = std::fs::read_to_string(&node.config_path).unwrap();
-                let text = kube_mode_config(
+                let mut text = kube_mode_config(
                     &text,
                     &broker_kubeconfig.to_string_lossy(),
                     &local_kubeconfig.to_string_lossy(),
                 );
+                if globalnet {
+                    text.push_str(&format!(
+                        "globalnet:\n  enabled: true\n  global_cidr: 242.{}.0.0/16\n",
+                        spec.index - 1
+                    ));
+                }
                 std::fs::write(&node.config_path, text).unwrap();
             }
             locals.insert(spec.id.clone(), local);
@@ -450,4 +462,191 @@ fn traffic_outlives_a_broker_outage_and_a_change_made_meanwhile_is_picked_up() {
     let north_pod = kube.set.cluster("north").pod(0);
     assert!(east_pod.ping(north_pod));
     assert!(north_pod.ping(west_pod));
+}
+
+/// Creates, in namespace `shop` of a cluster's API, Service `name` on
+/// `port` with one ready endpoint `pod:port` (what the endpoints
+/// controller would write) and, with `exported`, its ServiceExport.
+async fn serve(client: Client, name: &str, pod: Ipv4Addr, port: u16, exported: bool) {
+    let apply = |resource: ApiResource, object: serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let name = object["metadata"]["name"].as_str().unwrap().to_string();
+            let api: Api<DynamicObject> = Api::namespaced_with(client, "shop", &resource);
+            api.patch(
+                &name,
+                &PatchParams::apply("strait-netns-tests").force(),
+                &Patch::Apply(object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+        }
+    };
+    let gvk = |group: &str, version: &str, kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+    };
+    apply(
+        gvk("", "v1", "Service", "services"),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "ports": [{ "name": "echo", "port": port, "targetPort": port }] },
+        }),
+    )
+    .await;
+    apply(
+        gvk("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+        serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": format!("{name}-1"), "namespace": "shop",
+                          "labels": { "kubernetes.io/service-name": name } },
+            "addressType": "IPv4",
+            "ports": [{ "name": "echo", "port": port, "protocol": "TCP" }],
+            "endpoints": [{ "addresses": [pod.to_string()], "conditions": { "ready": true } }],
+        }),
+    )
+    .await;
+    if exported {
+        export(client, name).await;
+    }
+}
+
+async fn export(client: Client, name: &str) {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        "shop",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("multicluster.x-k8s.io", "v1alpha1", "ServiceExport"),
+            "serviceexports",
+        ),
+    );
+    let object = serde_json::json!({
+        "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+        "metadata": { "name": name, "namespace": "shop" },
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("strait-netns-tests").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exporting {name}: {e}"));
+}
+
+/// The `GlobalIngressIP` of `shop/name`'s address, and the `Valid`
+/// condition of its ServiceExport: (status, message).
+async fn export_state(
+    client: Client,
+    name: String,
+) -> (Option<Ipv4Addr>, Option<(String, String)>) {
+    let get = |resource: ApiResource| {
+        let client = client.clone();
+        let name = name.clone();
+        async move {
+            Api::<DynamicObject>::namespaced_with(client, "shop", &resource)
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    let ip = get(resource("GlobalIngressIP", "globalingressips"))
+        .await
+        .and_then(|o| {
+            o.data["status"]["allocatedIP"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+        });
+    let valid = get(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("multicluster.x-k8s.io", "v1alpha1", "ServiceExport"),
+        "serviceexports",
+    ))
+    .await
+    .and_then(|o| {
+        o.data["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Valid")
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_string(),
+                    c["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+    });
+    (ip, valid)
+}
+
+#[test]
+fn overlapping_clusters_reach_a_service_export_through_its_global_ingress_ip() {
+    const PODS: &str = "10.1.0.0/16";
+    const SERVICES: &str = "10.101.0.0/16";
+    let kube = KubeSet::start_with(
+        &[
+            ClusterSpec::single_gateway("east", 1, 1).with_cidrs(PODS, SERVICES),
+            ClusterSpec::single_gateway("west", 2, 1).with_cidrs(PODS, SERVICES),
+        ],
+        Options::new().with_echo(env!("CARGO_BIN_EXE_tcp-echo")),
+        true,
+    );
+    let limit = Duration::from_secs(60);
+    kube.wait_active_connected("east", &["west"], limit);
+    kube.wait_active_connected("west", &["east"], limit);
+    let east_pod = kube.set.cluster("east").pod(0);
+    let west_pod = kube.set.cluster("west").pod(0);
+    assert_eq!(
+        east_pod.ip, west_pod.ip,
+        "the clusters' pods share an address"
+    );
+
+    let west_ip = west_pod.ip;
+    kube.local("west", move |client| async move {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let shop = Namespace {
+            metadata: ObjectMeta {
+                name: Some("shop".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &shop)
+            .await
+            .unwrap();
+        serve(client.clone(), "echo", west_ip, ECHO_PORT, true).await;
+        // An export whose service does not exist.
+        export(client, "missing").await;
+    });
+    let mut at = None;
+    wait_until("a global ingress IP for shop/echo", limit, || {
+        at = kube.local("west", |c| export_state(c, "echo".into())).0;
+        at.is_some()
+    });
+    let at = at.unwrap();
+    assert!(
+        at.octets()[..2] == [242, 1],
+        "{at} is not in west's global CIDR"
+    );
+    let (ip, valid) = kube.local("west", |c| export_state(c, "echo".into()));
+    assert_eq!(ip, Some(at));
+    assert_eq!(valid.map(|v| v.0).as_deref(), Some("True"));
+    wait_until("the missing service's export to be refused", limit, || {
+        let (ip, valid) = kube.local("west", |c| export_state(c, "missing".into()));
+        ip.is_none()
+            && valid.is_some_and(|(status, message)| {
+                status == "False" && message.contains("does not exist")
+            })
+    });
+
+    // East's pod reaches west's through the ingress IP; the echo says
+    // which pod answered, byte for byte.
+    wait_until("east to reach west's export", limit, || {
+        east_pod
+            .tcp_request_at(west_pod, at, 1024, &["--timeout", "2"])
+            .is_ok()
+    });
+    let report = east_pod
+        .tcp_request_at(west_pod, at, 256 * 1024, &[])
+        .unwrap_or_else(|e| panic!("a request through globalnet failed: {e}"));
+    println!("GLOBALNET: {report}");
 }
