@@ -38,6 +38,15 @@ fn resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("submariner.io", "v1", kind), plural)
 }
 
+/// The objects of a kind in a namespace; none while the server is away.
+async fn list(client: Client, namespace: &str, resource: ApiResource) -> Vec<DynamicObject> {
+    Api::<DynamicObject>::namespaced_with(client, namespace, &resource)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
 /// A client; made inside the runtime that will drive it.
 fn client_of(config: kube::Config) -> Client {
     Client::try_from(config).expect("building a kube client")
@@ -261,14 +270,8 @@ impl KubeSet {
     /// remote clusters).
     fn gateways(&self, id: &str) -> Vec<(String, String, Vec<String>)> {
         self.local(id, |client| async move {
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client, STRAIT_NAMESPACE, &resource("Gateway", "gateways"));
-            let items = api
-                .list(&Default::default())
+            list(client, STRAIT_NAMESPACE, resource("Gateway", "gateways"))
                 .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            items
                 .into_iter()
                 .map(|g| {
                     let status = &g.data["status"];
@@ -333,14 +336,8 @@ impl KubeSet {
         let id = id.to_string();
         block_on_in_netns(self.set.wan().name(), move || async move {
             let client = client_of(config);
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(client, BROKER_NAMESPACE, &resource("Endpoint", "endpoints"));
-            let items = api
-                .list(&Default::default())
+            list(client, BROKER_NAMESPACE, resource("Endpoint", "endpoints"))
                 .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            items
                 .into_iter()
                 .filter(|e| e.data["spec"]["cluster_id"] == id.as_str())
                 .filter_map(|e| e.metadata.name)

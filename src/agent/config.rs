@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::lease::{LeaseConfig, LeaseConfigError};
+use crate::broker::types::is_dns_label;
 use crate::broker::BrokerLocation;
 use crate::plan::globalnet;
 
@@ -486,15 +487,6 @@ impl AgentConfig {
             .copied()
             .collect()
     }
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 #[cfg(test)]

@@ -275,6 +275,17 @@ pub struct SpecAndStatus<S, T> {
     pub status: Option<T>,
 }
 
+/// Whether `s` is an RFC 1123 DNS label, as cluster ids and object
+/// names must be: a-z, 0-9 and '-', at most 63, no '-' at either end.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
 /// Formats `d` as Go's `time.Duration.String()` would for sub-hour spans.
 pub fn go_duration(d: std::time::Duration) -> String {
     let nanos = d.as_nanos();

@@ -3,19 +3,12 @@
 
 use ipnet::IpNet;
 
-use crate::broker::types::ClusterSpec;
+use crate::broker::types::{is_dns_label, ClusterSpec};
 
 /// Why `id` cannot be a cluster id: it must be a DNS label (RFC 1123), as
 /// it names objects and is part of others' names.
 pub fn cluster_id_problem(id: &str) -> Option<String> {
-    let valid = !id.is_empty()
-        && id.len() <= 63
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
-        && !id.ends_with('-');
-    (!valid).then(|| {
+    (!is_dns_label(id)).then(|| {
         format!(
             "cluster id {id:?} is not a DNS label (1-63 of a-z, 0-9 and '-', starting and ending with a letter or digit)"
         )

@@ -11,6 +11,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
+use crate::broker::types::is_dns_label;
 use crate::net::nft::{GlobalnetNft, IngressRule, Protocol};
 
 /// Submariner's default global range and slice size.
@@ -169,15 +170,6 @@ pub fn parse_export(stem: &str, text: &str, local: &[IpNet]) -> Result<Export, S
         ));
     }
     Ok(export)
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }
 
 /// Ingress IPs by export name: every export of `wanted` keeps its address
