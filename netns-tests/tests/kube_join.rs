@@ -275,7 +275,8 @@ async fn deploy_broker_then_two_clusters_join_each_writing_only_its_own_objects(
         broker.ca_pem()
     );
     let psk = data(&info_json["IPSecPSK"], "psk");
-    assert_eq!(psk.len(), 48);
+    // 48 random bytes, in base64: text, for readers that take it as such.
+    assert_eq!(STANDARD.decode(&psk).expect("a base64 PSK").len(), 48);
     assert_eq!(
         psk,
         data(&first["IPSecPSK"], "psk"),

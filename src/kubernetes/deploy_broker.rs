@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
@@ -18,8 +20,8 @@ use super::{connect, rbac, token, SetupError};
 
 /// Submariner's default broker namespace.
 pub const DEFAULT_NAMESPACE: &str = "submariner-k8s-broker";
-/// Submariner's PSK length, in random bytes.
-const PSK_LENGTH: usize = 48;
+/// Random bytes in a new PSK, as many as Submariner's.
+const PSK_RANDOM_BYTES: usize = 48;
 
 #[derive(Debug, Clone)]
 pub struct DeployBrokerOptions {
@@ -116,10 +118,14 @@ pub async fn deploy_broker(
     })
 }
 
+/// A new PSK Secret. Submariner writes the random bytes themselves; base64
+/// of them is as strong and also works where the PSK is read as text (both
+/// tools hash the Secret's bytes as they are).
 fn psk_secret(namespace: &str) -> Result<Secret, SetupError> {
-    let mut psk = vec![0u8; PSK_LENGTH];
-    getrandom::fill(&mut psk)
+    let mut random = [0u8; PSK_RANDOM_BYTES];
+    getrandom::fill(&mut random)
         .map_err(|e| SetupError::Refused(format!("no random bytes for the PSK: {e}")))?;
+    let psk = BASE64.encode(random).into_bytes();
     Ok(Secret {
         metadata: ObjectMeta {
             name: Some(PSK_SECRET_NAME.into()),
