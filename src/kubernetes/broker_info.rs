@@ -66,9 +66,9 @@ pub struct BrokerAccess {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BrokerInfoError {
-    #[error("is not base64: {0}")]
+    #[error("is not a broker-info file: not base64 ({0})")]
     Base64(String),
-    #[error("is not broker-info JSON: {0}")]
+    #[error("is not a broker-info file: not its JSON ({0})")]
     Json(String),
     #[error("has no {0}")]
     Missing(&'static str),
