@@ -26,6 +26,34 @@ bench_cleanup() {
     exit "$rc"
 }
 
+# build_and_run_bench BENCH [BIN...]: builds strait (unless STRAIT_BIN is
+# set), the bench binary BENCH and the other binaries named, then runs
+# BENCH for ROUNDS rounds of SECONDS_PER_RUN in WORK, its results in
+# RESULTS. Sets LOAD_BEFORE, STRAIT_REV and CPU for the section.
+build_and_run_bench() {
+    local bench=$1 bin
+    shift
+    log "building strait and $bench (cargo build --release)"
+    if [[ -z ${STRAIT_BIN:-} ]]; then
+        (cd "$ROOT" && cargo build --release --bin strait >&2)
+        STRAIT_BIN=$ROOT/target/release/strait
+    fi
+    local bins=(--bin "$bench")
+    for bin in "$@"; do bins+=(--bin "$bin"); done
+    (cd "$ROOT" && cargo build --release -p strait-netns-tests "${bins[@]}" >&2)
+    export STRAIT_BIN
+    log "running: $ROUNDS rounds, $SECONDS_PER_RUN s per measurement"
+    mkdir -p "$WORK"
+    LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+    "${CARGO_TARGET_DIR:-$ROOT/target}/release/$bench" --seconds "$SECONDS_PER_RUN" \
+        --rounds "$ROUNDS" --root "$WORK" --journal "$JOURNAL" > "$RESULTS" &
+    BENCH_PID=$!
+    wait "$BENCH_PID"
+    BENCH_PID=
+    STRAIT_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+    CPU=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
+}
+
 # write_section MARKER FILE SECTION_FILE: puts SECTION_FILE (which starts
 # with "<!-- MARKER:begin" and ends with "<!-- MARKER:end -->") in place of
 # the marked section of FILE, or appends it; the rest of FILE is kept.

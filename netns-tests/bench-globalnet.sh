@@ -43,27 +43,8 @@ source "$ROOT/netns-tests/bench-common.sh"
 trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "building strait and bench-globalnet (cargo build --release)"
-if [[ -z ${STRAIT_BIN:-} ]]; then
-    (cd "$ROOT" && cargo build --release --bin strait >&2)
-    STRAIT_BIN=$ROOT/target/release/strait
-fi
-(cd "$ROOT" && cargo build --release -p strait-netns-tests --bin bench-globalnet --bin tcp-echo >&2)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-BENCH_BIN=$TARGET_DIR/release/bench-globalnet
-export STRAIT_BIN
+build_and_run_bench bench-globalnet tcp-echo
 
-log "running: $ROUNDS rounds of 2 paths x 2 variants, iperf3 -t $SECONDS_PER_RUN and $SECONDS_PER_RUN s of connections each"
-mkdir -p "$WORK"
-LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-"$BENCH_BIN" --seconds "$SECONDS_PER_RUN" --rounds "$ROUNDS" --root "$WORK" \
-    --journal "$JOURNAL" > "$RESULTS" &
-BENCH_PID=$!
-wait "$BENCH_PID"
-BENCH_PID=
-
-STRAIT_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
-CPU=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 CMD="BENCH_SECONDS=$SECONDS_PER_RUN BENCH_ROUNDS=$ROUNDS netns-tests/bench-globalnet.sh"
 SECTION=$TMP/section.md
 E_LOAD_BEFORE=$LOAD_BEFORE E_RESULTS=$RESULTS E_REV=$STRAIT_REV E_CPU=$CPU E_NPROC=$(nproc) E_KERNEL=$(uname -r) \
