@@ -465,16 +465,15 @@ impl AgentConfig {
             .expect("the node address is resolved before the roles start")
     }
 
-    /// The cluster set's PSK string, from the file when one is named.
-    pub fn psk(&self) -> Result<String, ConfigError> {
+    /// The cluster set's PSK, from the file when one is named. Its bytes
+    /// as they are: a `subctl` broker's PSK is raw random bytes.
+    pub fn psk(&self) -> Result<Vec<u8>, ConfigError> {
         match &self.cable.psk_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|text| text.trim().to_string())
-                .map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                }),
-            None => Ok(self.cable.psk.clone()),
+            Some(path) => std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            }),
+            None => Ok(self.cable.psk.clone().into_bytes()),
         }
     }
 

@@ -217,7 +217,7 @@ impl<B: Broker> GatewayRole<B> {
             .map_err(|source| AgentError::Health { source })?;
 
         let local_endpoint = local_endpoint(&config, &private_key, global);
-        let psk = Key(Sha256::digest(config.psk()?.as_bytes()).into());
+        let psk = Key(Sha256::digest(config.psk()?).into());
         Ok(GatewayRole {
             config,
             broker,

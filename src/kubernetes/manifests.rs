@@ -372,17 +372,8 @@ mod tests {
             Some("system-node-critical")
         );
         let container = &pod.containers[0];
-        let caps = container
-            .security_context
-            .as_ref()
-            .unwrap()
-            .capabilities
-            .as_ref()
-            .unwrap();
-        assert_eq!(
-            caps.add.as_deref(),
-            Some(&["NET_ADMIN".to_string(), "NET_RAW".to_string()][..])
-        );
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.privileged, Some(true));
         let env = &container.env.as_ref().unwrap()[0];
         assert_eq!(env.name, "NODE_NAME");
         let field = env.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
