@@ -669,32 +669,75 @@ async fn with_globalnet_clusters_with_the_same_cidrs_join_also_from_a_subctl_fil
     for cluster in [&a, &b] {
         create_nodes(&cluster.client(), &[("node-1", "10.1.0.0/24")]).await;
     }
-    let out = succeeds(&[
-        "join",
-        path(&info_file),
-        "--clusterid",
-        "a",
-        "--kubeconfig",
-        path(&a.kubeconfig_path()),
-    ]);
-    assert!(
-        out.contains("discovered service CIDRs 10.0.0.0/24"),
-        "{out}"
-    );
+    // Both join at the same moment, b from a subctl-shaped file: each gets
+    // its own slice of the global range.
     let subctl = scratch.path("subctl.subm");
     std::fs::write(&subctl, subctl_file(&info)).unwrap();
-    let out = succeeds(&[
-        "join",
-        path(&subctl),
-        "--clusterid",
-        "b",
-        "--kubeconfig",
-        path(&b.kubeconfig_path()),
-    ]);
+    let (a_kubeconfig, b_kubeconfig) = (a.kubeconfig_path(), b.kubeconfig_path());
+    let join = |file: &Path, id: &str, kubeconfig: &Path| {
+        succeeds(&[
+            "join",
+            path(file),
+            "--clusterid",
+            id,
+            "--kubeconfig",
+            path(kubeconfig),
+        ])
+    };
+    let (out_a, out_b) = std::thread::scope(|s| {
+        let a = s.spawn(|| join(&info_file, "a", &a_kubeconfig));
+        let b = s.spawn(|| join(&subctl, "b", &b_kubeconfig));
+        (a.join().unwrap(), b.join().unwrap())
+    });
     assert!(
-        out.contains("globalnet is on: overlapping CIDRs are allowed"),
-        "{out}"
+        out_a.contains("discovered service CIDRs 10.0.0.0/24"),
+        "{out_a}"
     );
+    assert!(
+        out_b.contains("globalnet is on: overlapping CIDRs are allowed"),
+        "{out_b}"
+    );
+    let claimed = Api::<ConfigMap>::namespaced(broker.client(), BROKER_NS)
+        .get("submariner-globalnet-info")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let claims: Vec<serde_json::Value> = serde_json::from_str(&claimed["clusterinfo"]).unwrap();
+    let slice_of = |id: &str| {
+        claims
+            .iter()
+            .find(|c| c["cluster_id"] == id)
+            .unwrap_or_else(|| panic!("no claim of {id}: {claims:?}"))["global_cidr"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (slice_a, slice_b) = (slice_of("a"), slice_of("b"));
+    assert_eq!(claims.len(), 2, "{claims:?}");
+    assert_ne!(slice_a, slice_b, "two clusters got one slice");
+    for slice in [&slice_a, &slice_b] {
+        assert!(
+            slice.starts_with("242.0.") && slice.ends_with("/24"),
+            "{slice}"
+        );
+    }
+    // Each agent is configured with its slice; joining again keeps it.
+    for (cluster, slice) in [(&a, &slice_a), (&b, &slice_b)] {
+        let config = Api::<ConfigMap>::namespaced(cluster.client(), "strait")
+            .get("strait-agent")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["agent.yaml"]
+            .clone();
+        assert!(
+            config.contains(&format!("global_cidr: {slice}")),
+            "{config}"
+        );
+    }
+    let again = join(&info_file, "a", &a_kubeconfig);
+    assert!(again.contains(&format!("global CIDR {slice_a}")), "{again}");
     let (b_account, secret) = cluster_account(&b.client()).await;
     assert_eq!(
         secret.data.unwrap()["psk"].0,

@@ -16,11 +16,12 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, ServiceAccount};
 use k8s_openapi::api::networking::v1::ServiceCIDR;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::apply::{applied, apply_as, apply_crds, Applied};
 use super::broker_info::{BrokerAccess, BrokerInfo};
+use super::globalnet_info::GlobalnetSettings;
 use super::manifests::{self, BrokerKubeconfig, Manifests};
 use super::networks::{cidr_conflicts, cluster_id_problem};
 use super::{broker_client, connect, globalnet_info, rbac, token, SetupError, FIELD_MANAGER};
@@ -93,6 +94,12 @@ fn service_monitor_resource() -> ApiResource {
 }
 
 /// What the checks found, for the steps after them.
+/// A joined cluster's slice of the global range, and the range's settings.
+pub struct GlobalSlice {
+    pub cidr: ipnet::Ipv4Net,
+    pub settings: GlobalnetSettings,
+}
+
 struct Checked {
     /// The joining cluster's identity (see the module's documentation).
     identity: String,
@@ -113,8 +120,9 @@ pub async fn join(opts: &JoinOptions, report: &mut dyn FnMut(Event)) -> Result<(
         access.url, access.namespace
     )));
     let checked = check(opts, &access, &broker, &local, report).await?;
-    register(opts, &checked, &access, &broker, report).await?;
-    install(opts, &checked, &access, &local, report).await?;
+    let global = claim_global_cidr(&broker, &access.namespace, &opts.cluster_id, report).await?;
+    register(opts, &checked, &access, &broker, global.as_ref(), report).await?;
+    install(opts, &checked, &access, &local, global.as_ref(), report).await?;
     label_gateway(&local, &checked.nodes, report).await
 }
 
@@ -210,6 +218,53 @@ async fn check(
     })
 }
 
+/// With globalnet on, the cluster's slice of the global range, claimed
+/// once in the broker's `submariner-globalnet-info`: read, pick, write
+/// back with the read's resourceVersion, so that of two clusters joining
+/// at once the second one's write is refused and it picks again.
+async fn claim_global_cidr(
+    broker: &kube::Client,
+    namespace: &str,
+    id: &str,
+    report: &mut dyn FnMut(Event),
+) -> Result<Option<GlobalSlice>, SetupError> {
+    const ATTEMPTS: usize = 32;
+    let api = Api::<ConfigMap>::namespaced(broker.clone(), namespace);
+    for _ in 0..ATTEMPTS {
+        let Some(map) = api
+            .get_opt(globalnet_info::NAME)
+            .await
+            .map_err(SetupError::api("reading the broker's globalnet settings"))?
+        else {
+            return Ok(None);
+        };
+        let Some(settings) = GlobalnetSettings::of(&map).map_err(SetupError::Refused)? else {
+            return Ok(None);
+        };
+        let (cidr, update) =
+            globalnet_info::claim(&map, &settings, id).map_err(SetupError::Refused)?;
+        let written = match update {
+            None => true,
+            Some(update) => match api
+                .replace(globalnet_info::NAME, &PostParams::default(), &update)
+                .await
+            {
+                Ok(_) => true,
+                // Another cluster claimed a slice since our read.
+                Err(kube::Error::Api(status)) if status.code == 409 => false,
+                Err(e) => return Err(SetupError::api("claiming a global CIDR")(e)),
+            },
+        };
+        if written {
+            report(Event::Note(format!("global CIDR {cidr}")));
+            return Ok(Some(GlobalSlice { cidr, settings }));
+        }
+    }
+    Err(SetupError::Refused(format!(
+        "no global CIDR after {ATTEMPTS} attempts: too many clusters joining at once, try again"
+    )))
+}
+
 /// The cluster's account on the broker, and its `Cluster` object: written
 /// now, so that a cluster joining before our agents start sees our CIDRs.
 async fn register(
@@ -217,6 +272,7 @@ async fn register(
     checked: &Checked,
     access: &BrokerAccess,
     broker: &kube::Client,
+    global: Option<&GlobalSlice>,
     report: &mut dyn FnMut(Event),
 ) -> Result<(), SetupError> {
     let id = opts.cluster_id.as_str();
@@ -238,7 +294,10 @@ async fn register(
     report(Event::Broker(
         applied(Api::namespaced(broker.clone(), bns), &binding).await?,
     ));
-    let cluster = cluster_object(id, bns, &checked.cluster_cidrs, &checked.service_cidrs);
+    let mut cluster = cluster_object(id, bns, &checked.cluster_cidrs, &checked.service_cidrs);
+    if let Some(global) = global {
+        cluster.data["spec"]["global_cidr"] = json!([global.cidr.to_string()]);
+    }
     let (_, change) = apply_as(
         &broker_clusters(broker, bns),
         &cluster,
@@ -257,6 +316,7 @@ async fn install(
     checked: &Checked,
     access: &BrokerAccess,
     local: &kube::Client,
+    global: Option<&GlobalSlice>,
     report: &mut dyn FnMut(Event),
 ) -> Result<(), SetupError> {
     let id = opts.cluster_id.as_str();
@@ -264,7 +324,13 @@ async fn install(
     let m = Manifests::for_cluster(
         ns,
         opts.image.as_deref(),
-        manifests::agent_config(id, ns, &checked.cluster_cidrs, &checked.service_cidrs),
+        manifests::agent_config(
+            id,
+            ns,
+            &checked.cluster_cidrs,
+            &checked.service_cidrs,
+            global,
+        ),
     );
     let c = local;
     report(Event::Cluster(

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::join::GlobalSlice;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use ipnet::IpNet;
@@ -190,6 +191,8 @@ struct AgentConfigFile<'a> {
     kubernetes: KubernetesSection<'a>,
     cluster: ClusterSection,
     cable: CableSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    globalnet: Option<GlobalnetSection>,
 }
 
 #[derive(Serialize)]
@@ -201,6 +204,14 @@ struct KubernetesSection<'a> {
 struct ClusterSection {
     pod_cidrs: Vec<String>,
     service_cidrs: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct GlobalnetSection {
+    enabled: bool,
+    cidr_range: String,
+    cluster_size: u32,
+    global_cidr: String,
 }
 
 #[derive(Serialize)]
@@ -216,6 +227,7 @@ pub fn agent_config(
     namespace: &str,
     pod_cidrs: &[IpNet],
     service_cidrs: &[IpNet],
+    global: Option<&GlobalSlice>,
 ) -> String {
     let file = AgentConfigFile {
         cluster_id,
@@ -229,6 +241,12 @@ pub fn agent_config(
             psk_file: format!("{BROKER_DIR}/{BROKER_PSK_KEY}"),
             private_key_file: PRIVATE_KEY_FILE,
         },
+        globalnet: global.map(|g| GlobalnetSection {
+            enabled: true,
+            cidr_range: g.settings.cidr_range.to_string(),
+            cluster_size: g.settings.cluster_size,
+            global_cidr: g.cidr.to_string(),
+        }),
     };
     serde_yaml::to_string(&file).expect("the agent configuration serializes")
 }
@@ -352,9 +370,32 @@ mod tests {
             DEFAULT_NAMESPACE,
             &["10.244.0.0/16".parse().unwrap()],
             &["10.96.0.0/12".parse().unwrap()],
+            None,
         );
         let parse = |s: &str| serde_yaml::from_str::<serde_yaml::Value>(s).unwrap();
         assert_eq!(parse(&example), parse(&written));
+    }
+
+    #[test]
+    fn a_globalnet_cluster_gets_its_slice_in_the_config() {
+        let global = GlobalSlice {
+            cidr: "242.3.0.0/16".parse().unwrap(),
+            settings: super::super::globalnet_info::GlobalnetSettings {
+                enabled: true,
+                cidr_range: "242.0.0.0/8".parse().unwrap(),
+                cluster_size: 65536,
+            },
+        };
+        let text = agent_config(
+            "east",
+            DEFAULT_NAMESPACE,
+            &["10.244.0.0/16".parse().unwrap()],
+            &["10.96.0.0/12".parse().unwrap()],
+            Some(&global),
+        );
+        let config = crate::agent::config::AgentConfig::parse(&text).unwrap();
+        assert!(config.globalnet.enabled);
+        assert_eq!(config.globalnet.global_cidr, Some(global.cidr));
     }
 
     #[test]
