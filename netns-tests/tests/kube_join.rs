@@ -738,6 +738,27 @@ async fn with_globalnet_clusters_with_the_same_cidrs_join_also_from_a_subctl_fil
     }
     let again = join(&info_file, "a", &a_kubeconfig);
     assert!(again.contains(&format!("global CIDR {slice_a}")), "{again}");
+    // A cluster whose own addresses lie in the global range is refused,
+    // and nothing of it is created.
+    let message = refused(&[
+        "join",
+        path(&info_file),
+        "--clusterid",
+        "c",
+        "--kubeconfig",
+        path(&a_kubeconfig),
+        "--clustercidr",
+        "242.0.200.0/24",
+    ]);
+    assert!(
+        message.contains("overlaps this cluster's 242.0.200.0/24"),
+        "{message}"
+    );
+    let account = Api::<ServiceAccount>::namespaced(broker.client(), BROKER_NS)
+        .get_opt("strait-cluster-c")
+        .await
+        .unwrap();
+    assert!(account.is_none(), "a refused join created its account");
     let (b_account, secret) = cluster_account(&b.client()).await;
     assert_eq!(
         secret.data.unwrap()["psk"].0,

@@ -23,7 +23,7 @@ use super::apply::{applied, apply_as, apply_crds, Applied};
 use super::broker_info::{BrokerAccess, BrokerInfo};
 use super::globalnet_info::GlobalnetSettings;
 use super::manifests::{self, BrokerKubeconfig, Manifests};
-use super::networks::{cidr_conflicts, cluster_id_problem};
+use super::networks::{cidr_conflicts, cluster_id_problem, overlaps};
 use super::{broker_client, connect, globalnet_info, rbac, token, SetupError, FIELD_MANAGER};
 use crate::broker::crd::SUBMARINER_GROUP;
 use crate::broker::types::{ClusterSpec, CLUSTER_ID_LABEL};
@@ -192,16 +192,26 @@ async fn check(
         .get_opt(globalnet_info::NAME)
         .await
         .map_err(SetupError::api("reading the broker's globalnet settings"))?;
-    if globalnet_info::enabled(globalnet.as_ref()) {
+    let ours: Vec<IpNet> = cluster_cidrs
+        .iter()
+        .chain(&service_cidrs)
+        .copied()
+        .collect();
+    let settings = match &globalnet {
+        Some(map) => GlobalnetSettings::of(map).map_err(SetupError::Refused)?,
+        None => None,
+    };
+    if let Some(settings) = settings {
+        let range = IpNet::V4(settings.cidr_range);
+        if let Some(clash) = ours.iter().find(|n| overlaps(n, &range)) {
+            return Err(SetupError::Refused(format!(
+                "the global range {range} overlaps this cluster's {clash}: global addresses must be outside every cluster CIDR"
+            )));
+        }
         report(Event::Note(
             "globalnet is on: overlapping CIDRs are allowed".into(),
         ));
     } else {
-        let ours: Vec<IpNet> = cluster_cidrs
-            .iter()
-            .chain(&service_cidrs)
-            .copied()
-            .collect();
         let conflicts = cidr_conflicts(id, &ours, &others);
         if !conflicts.is_empty() {
             return Err(SetupError::Refused(format!(
