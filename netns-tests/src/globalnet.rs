@@ -3,6 +3,7 @@
 //! `globalnet.exports_dir`) and what its agent decided (its state file,
 //! `<state dir>/globalnet.yaml`).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,4 +80,41 @@ pub fn global_cidr(node: &Node) -> Option<String> {
 /// The egress pool, `FIRST-LAST`, from its agent's state.
 pub fn egress_ips(node: &Node) -> Option<String> {
     str_at(&state(node)?, &["egress_ips"]).map(str::to_string)
+}
+
+/// Packet counts of a test-made nft table's rules, by comment.
+pub fn probe_counts(node_ns: &crate::Netns, table: &str) -> BTreeMap<String, u64> {
+    let listing = node_ns.ok(&["nft", "list", "table", "ip", table]);
+    listing
+        .lines()
+        .filter_map(|line| {
+            let comment = line.split("comment \"").nth(1)?.trim_end_matches('"');
+            let packets = line
+                .split("packets ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((comment.to_string(), packets))
+        })
+        .collect()
+}
+
+/// Applies an nft script inside `ns`.
+pub fn nft_script(ns: &crate::Netns, script: &str) {
+    use std::io::Write;
+    let mut child = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting nft");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f failed:\n{script}");
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use strait_netns_tests::cluster::{parse_metrics, str_at, Node, TUNNEL_IFNAME};
 use strait_netns_tests::globalnet::{
-    egress_ips, export, global_cidr, ingress_ip, refusal, state, unexport, wait_ingress_ip,
-    write_export,
+    egress_ips, export, global_cidr, ingress_ip, nft_script, probe_counts, refusal, state,
+    unexport, wait_ingress_ip, write_export,
 };
 use strait_netns_tests::{
     require_root, wait_until, ClusterSet, ClusterSpec, NodeSpec, Options, Pod,
@@ -99,25 +99,6 @@ fn request_ok(from: &Pod, to: &Pod, at: Ipv4Addr) -> String {
     }
 }
 
-/// Packet counts of a test-made nft table's rules, by comment.
-fn probe_counts(node_ns: &strait_netns_tests::Netns, table: &str) -> BTreeMap<String, u64> {
-    let listing = node_ns.ok(&["nft", "list", "table", "ip", table]);
-    listing
-        .lines()
-        .filter_map(|line| {
-            let comment = line.split("comment \"").nth(1)?.trim_end_matches('"');
-            let packets = line
-                .split("packets ")
-                .nth(1)?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((comment.to_string(), packets))
-        })
-        .collect()
-}
-
 /// Counts, on a gateway, every IPv4 packet through the tunnel and those
 /// with a source or destination outside the global range.
 fn watch_tunnel(gw: &Node) {
@@ -141,23 +122,6 @@ fn watch_tunnel(gw: &Node) {
         rules("in", "iifname")
     );
     nft_script(&gw.ns, &script);
-}
-
-fn nft_script(ns: &strait_netns_tests::Netns, script: &str) {
-    use std::io::Write;
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft -f failed:\n{script}");
 }
 
 fn assert_only_global_addresses_crossed(gw: &Node) {

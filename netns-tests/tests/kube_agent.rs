@@ -9,12 +9,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, NodeAddress, NodeStatus};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeAddress, NodeStatus, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use strait_netns_tests::cluster::{ClusterSet, ClusterSpec, NodeSpec, Options, ECHO_PORT};
+use strait_netns_tests::globalnet::{nft_script, probe_counts};
 use strait_netns_tests::kube::{block_on_in_netns, ApiServer, ApiServerOptions};
 use strait_netns_tests::wait_until;
 
@@ -635,6 +636,74 @@ fn overlapping_clusters_reach_a_service_export_through_its_global_ingress_ip() {
             })
     });
 
+    // East's pod gets a pool of its own (a GlobalEgressIP selecting it),
+    // and west's server sees only that pool.
+    let east_ip = east_pod.ip;
+    kube.local("east", move |client| async move {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let shop = Namespace {
+            metadata: ObjectMeta {
+                name: Some("shop".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        namespaces
+            .create(&PostParams::default(), &shop)
+            .await
+            .unwrap();
+        register_pod(client.clone(), "client", east_ip).await;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client,
+            "shop",
+            &resource("GlobalEgressIP", "globalegressips"),
+        );
+        let request = serde_json::json!({
+            "apiVersion": "submariner.io/v1", "kind": "GlobalEgressIP",
+            "metadata": { "name": "client", "namespace": "shop" },
+            "spec": { "numberOfIPs": 2, "podSelector": { "matchLabels": { "app": "client" } } },
+        });
+        api.patch(
+            "client",
+            &PatchParams::apply("strait-netns-tests").force(),
+            &Patch::Apply(request),
+        )
+        .await
+        .unwrap();
+    });
+    let mut pool = Vec::new();
+    wait_until("east's GlobalEgressIP to get its addresses", limit, || {
+        pool = kube.local("east", |client| async move {
+            Api::<DynamicObject>::namespaced_with(
+                client,
+                "shop",
+                &resource("GlobalEgressIP", "globalegressips"),
+            )
+            .get_opt("client")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|o| o.data["status"]["allocatedIPs"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ip| ip.as_str().map(String::from))
+            .collect::<Vec<String>>()
+        });
+        pool.len() == 2
+    });
+    assert!(pool.iter().all(|ip| ip.starts_with("242.0.")), "{pool:?}");
+    let range = format!("{}-{}", pool[0], pool[1]);
+    nft_script(
+        &west_pod.ns,
+        &format!(
+            "table ip gn-seen {{ chain input {{ type filter hook input priority 0; policy accept;
+                tcp dport {ECHO_PORT} ip saddr {range} counter comment \"from the pod's pool\"
+                tcp dport {ECHO_PORT} ip saddr != {range} counter comment \"from elsewhere\"
+            }}
+            }}"
+        ),
+    );
+
     // East's pod reaches west's through the ingress IP; the echo says
     // which pod answered, byte for byte.
     wait_until("east to reach west's export", limit, || {
@@ -646,4 +715,23 @@ fn overlapping_clusters_reach_a_service_export_through_its_global_ingress_ip() {
         .tcp_request_at(west_pod, at, 256 * 1024, &[])
         .unwrap_or_else(|e| panic!("a request through globalnet failed: {e}"));
     println!("GLOBALNET: {report}");
+    let seen = probe_counts(&west_pod.ns, "gn-seen");
+    assert!(seen["from the pod's pool"] > 0, "{seen:?}");
+    assert_eq!(seen["from elsewhere"], 0, "{seen:?}");
+}
+
+/// Registers a running pod as the kubelet would: its labels (`app`) and
+/// its address.
+async fn register_pod(client: Client, app: &str, ip: Ipv4Addr) {
+    let pods: Api<Pod> = Api::namespaced(client, "shop");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": app, "labels": { "app": app } },
+        "spec": { "containers": [{ "name": "main", "image": "example.invalid/none" }] },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = serde_json::json!({ "status": { "podIP": ip.to_string(), "podIPs": [{ "ip": ip.to_string() }] } });
+    pods.patch_status(app, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 }

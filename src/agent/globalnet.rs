@@ -16,13 +16,16 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use super::config::AgentConfig;
+use super::egress_ips::EgressIps;
 use super::gateway::TUNNEL_IF;
 use super::service_exports::ServiceExports;
 use super::AgentError;
 use crate::broker::globalnet::claim_slice;
 use crate::metrics::Metrics;
-use crate::net::nft::{GlobalnetNft, Protocol};
-use crate::plan::globalnet::{allocate_ingress, nft_rules, parse_export, Export, SliceLayout};
+use crate::net::nft::{EgressPool, GlobalnetNft, Protocol};
+use crate::plan::globalnet::{
+    allocate_ingress, allocate_pools, nft_rules, parse_export, Export, Pool, SliceLayout,
+};
 
 /// The state file, in the agent's state directory.
 pub const STATE_FILE: &str = "globalnet.yaml";
@@ -39,6 +42,12 @@ pub struct GlobalnetState {
     /// Export name → why it has no ingress IP.
     #[serde(default)]
     pub refused: BTreeMap<String, String>,
+    /// Kubernetes mode: `GlobalEgressIP` → its pool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub egress_pools: BTreeMap<String, Pool>,
+    /// `GlobalEgressIP` → why it has no pool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub egress_refused: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,9 +72,12 @@ pub enum SliceSource {
 pub enum ExportSource {
     /// `dir` mode: one file per export in this directory (none unset).
     Dir(Option<PathBuf>),
-    /// Kubernetes mode: the local cluster's `ServiceExport`s, and where
-    /// what became of them is written.
-    Kubernetes(ServiceExports),
+    /// Kubernetes mode: the local cluster's `ServiceExport`s and
+    /// `GlobalEgressIP`s, and where what became of them is written.
+    Kubernetes {
+        exports: Box<ServiceExports>,
+        egress_ips: Box<EgressIps>,
+    },
 }
 
 pub struct GlobalnetRole {
@@ -132,12 +144,23 @@ impl GlobalnetRole {
     /// Reads the exports, allocates their ingress IPs, records and reports
     /// the result; returns the rules for the node's nft table.
     pub async fn reconcile(&mut self) -> Result<GlobalnetNft, AgentError> {
-        let (exports, mut refused) = match &self.exports {
-            ExportSource::Dir(dir) => read_exports(dir.as_deref(), &self.local_subnets),
-            ExportSource::Kubernetes(service_exports) => {
-                service_exports.current(&self.local_subnets)
-            }
+        let local = &self.local_subnets;
+        let ((exports, mut refused), (requests, mut egress_refused)) = match &self.exports {
+            ExportSource::Dir(dir) => (read_exports(dir.as_deref(), local), Default::default()),
+            ExportSource::Kubernetes {
+                exports,
+                egress_ips,
+            } => (exports.current(local), egress_ips.current(local)),
         };
+        // Pools that keep their addresses are not for ingress IPs; new
+        // pools are fitted around the ingress IPs.
+        let kept_pools: BTreeSet<Ipv4Addr> = self
+            .state
+            .egress_pools
+            .iter()
+            .filter(|(name, pool)| requests.get(*name).is_some_and(|r| r.count == pool.count))
+            .flat_map(|(_, pool)| pool.addresses())
+            .collect();
         let wanted: BTreeSet<String> = exports.iter().map(|e| e.name.clone()).collect();
         let previous: BTreeMap<String, Ipv4Addr> = self
             .state
@@ -145,8 +168,16 @@ impl GlobalnetRole {
             .iter()
             .map(|(name, status)| (name.clone(), status.ip))
             .collect();
-        let (ingress, exhausted) = allocate_ingress(&self.layout, &previous, &wanted);
+        let (ingress, exhausted) = allocate_ingress(&self.layout, &previous, &wanted, &kept_pools);
         refused.extend(exhausted.into_iter().map(|(n, e)| (n, e.to_string())));
+        let counts = requests.iter().map(|(n, r)| (n.clone(), r.count)).collect();
+        let (pools, no_room) = allocate_pools(
+            &self.layout,
+            &self.state.egress_pools,
+            &counts,
+            &ingress.values().copied().collect(),
+        );
+        egress_refused.extend(no_room.into_iter().map(|(n, e)| (n, e.to_string())));
 
         let (first, last) = self.layout.egress_pool();
         let state = GlobalnetState {
@@ -169,6 +200,8 @@ impl GlobalnetRole {
                 })
                 .collect(),
             refused,
+            egress_pools: pools,
+            egress_refused,
         };
         let gone: Vec<String> = self
             .state
@@ -183,20 +216,50 @@ impl GlobalnetRole {
             self.report_pending = true;
         }
         self.report();
-        if let (ExportSource::Kubernetes(service_exports), true) =
-            (&self.exports, self.report_pending)
+        if let (
+            ExportSource::Kubernetes {
+                exports,
+                egress_ips,
+            },
+            true,
+        ) = (&self.exports, self.report_pending)
         {
-            match service_exports
-                .report(&ingress, &self.state.refused, &gone)
-                .await
-            {
+            let written = match exports.report(&ingress, &self.state.refused, &gone).await {
+                Ok(()) => {
+                    egress_ips
+                        .report(&self.state.egress_pools, &self.state.egress_refused)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match written {
                 Ok(()) => self.report_pending = false,
                 Err(e) => {
-                    tracing::warn!(error = %e, "globalnet: writing the exports' status failed")
+                    tracing::warn!(error = %e, "globalnet: writing the status of exports and egress IPs failed")
                 }
             }
         }
-        Ok(nft_rules(TUNNEL_IF, &self.layout, &exports, &ingress))
+        let egress_pools = self
+            .state
+            .egress_pools
+            .iter()
+            .map(|(name, pool)| EgressPool {
+                name: name.clone(),
+                sources: requests
+                    .get(name)
+                    .map(|r| r.sources.clone())
+                    .unwrap_or_default(),
+                first: pool.first,
+                last: pool.last(),
+            })
+            .collect();
+        Ok(nft_rules(
+            TUNNEL_IF,
+            &self.layout,
+            &exports,
+            &ingress,
+            egress_pools,
+        ))
     }
 
     /// Logs each refusal once while it lasts; sets the gauges.
@@ -215,7 +278,8 @@ impl GlobalnetRole {
         let cidr = self.layout.cidr.to_string();
         let labels = [cidr.as_str()];
         let ingress = self.state.ingress.len();
-        let (allocated, available) = self.layout.usage(ingress);
+        let pooled: u32 = self.state.egress_pools.values().map(|p| p.count).sum();
+        let (allocated, available) = self.layout.usage(ingress + pooled as usize);
         let m = &self.metrics;
         m.global_ip_availability
             .with_label_values(&labels)
@@ -226,7 +290,7 @@ impl GlobalnetRole {
         // No per-namespace or per-pod egress IPs in dir mode.
         m.global_egress_ip_allocated
             .with_label_values(&labels)
-            .set(0.0);
+            .set(f64::from(pooled));
         m.cluster_global_egress_ip_allocated
             .with_label_values(&labels)
             .set(f64::from(self.layout.egress));

@@ -24,6 +24,7 @@ use crate::tunnel::uapi_socket::SocketError;
 use crate::tunnel::DeviceError;
 
 pub mod config;
+pub mod egress_ips;
 pub mod gateway;
 pub mod globalnet;
 pub mod health;
@@ -34,6 +35,7 @@ pub mod service_exports;
 
 use crate::plan::globalnet::SliceLayout;
 use config::AgentConfig;
+use egress_ips::EgressIps;
 use gateway::{GatewayRole, TUNNEL_IF};
 use globalnet::{ExportSource, GlobalnetRole, SliceSource};
 use lease::{LeaderElector, Leadership};
@@ -181,10 +183,16 @@ impl Agent {
         let mut globalnet = match config.node.gateway && config.globalnet.enabled {
             true => {
                 let exports = match &local {
-                    Some(local) => ExportSource::Kubernetes(ServiceExports::start(
-                        local.client.clone(),
-                        &exports_changes,
-                    )),
+                    Some(local) => ExportSource::Kubernetes {
+                        exports: Box::new(ServiceExports::start(
+                            local.client.clone(),
+                            &exports_changes,
+                        )),
+                        egress_ips: Box::new(EgressIps::start(
+                            local.client.clone(),
+                            &exports_changes,
+                        )),
+                    },
                     None => ExportSource::Dir(config.globalnet.exports_dir.clone()),
                 };
                 Some(GlobalnetRole::start(

@@ -92,7 +92,19 @@ pub struct GlobalnetNft {
     pub tunnel: String,
     /// The egress pool, first and last address.
     pub egress: (Ipv4Addr, Ipv4Addr),
+    /// Pools of selected pods, ahead of the cluster's pool.
+    pub egress_pools: Vec<EgressPool>,
     pub ingress: Vec<IngressRule>,
+}
+
+/// Traffic from `sources` to remote clusters leaves from `first..=last`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressPool {
+    /// The pool's name (`namespace/name`): the rule's comment.
+    pub name: String,
+    pub sources: Vec<Ipv4Addr>,
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
 }
 
 /// Traffic to `global_ip:port` goes to `target:port`.
@@ -182,6 +194,22 @@ fn render_body(plan: &NftPlan) -> String {
     use rule::*;
     let mut postrouting = Vec::new();
     if let Some(globalnet) = &plan.globalnet {
+        for pool in globalnet
+            .egress_pools
+            .iter()
+            .filter(|p| !p.sources.is_empty())
+        {
+            let sources: Vec<String> = pool.sources.iter().map(ToString::to_string).collect();
+            postrouting.push((
+                format!(
+                    "ip saddr {{ {} }} ip daddr @remote4 counter snat ip to {}-{}",
+                    sources.join(", "),
+                    pool.first,
+                    pool.last
+                ),
+                format!("{GLOBALNET_EGRESS} {}", pool.name),
+            ));
+        }
         let (first, last) = globalnet.egress;
         postrouting.push((
             format!("ip saddr @local4 ip daddr @remote4 counter snat ip to {first}-{last}"),
@@ -833,6 +861,7 @@ mod tests {
             globalnet: Some(GlobalnetNft {
                 tunnel: "strait-wg".into(),
                 egress: ("242.0.0.1".parse().unwrap(), "242.0.0.8".parse().unwrap()),
+                egress_pools: Vec::new(),
                 ingress: exports
                     .iter()
                     .map(|(name, ip)| IngressRule {
@@ -866,6 +895,40 @@ mod tests {
         assert!(l.contains(
             &"iifname \"strait-wg\" ip daddr 242.0.0.9 tcp dport 7777 counter dnat ip to 10.1.1.2:7777 comment \"globalnet ingress web\""
         ));
+    }
+
+    #[test]
+    fn selected_pods_leave_from_their_pool_before_the_clusters() {
+        let mut plan = globalnet_plan(&[]);
+        plan.globalnet.as_mut().unwrap().egress_pools = vec![
+            EgressPool {
+                name: "shop/db".into(),
+                sources: vec!["10.1.1.2".parse().unwrap(), "10.1.2.2".parse().unwrap()],
+                first: "242.0.0.9".parse().unwrap(),
+                last: "242.0.0.10".parse().unwrap(),
+            },
+            EgressPool {
+                name: "shop/idle".into(),
+                sources: Vec::new(),
+                first: "242.0.0.11".parse().unwrap(),
+                last: "242.0.0.11".parse().unwrap(),
+            },
+        ];
+        let script = render(&plan);
+        let l = lines(&script);
+        let pool = l
+            .iter()
+            .position(|r| *r == "ip saddr { 10.1.1.2, 10.1.2.2 } ip daddr @remote4 counter snat ip to 242.0.0.9-242.0.0.10 comment \"globalnet egress shop/db\"")
+            .unwrap_or_else(|| panic!("no pool rule in\n{script}"));
+        let cluster = l
+            .iter()
+            .position(|r| r.ends_with("comment \"globalnet egress\""))
+            .unwrap();
+        assert!(pool < cluster, "{script}");
+        assert!(
+            !script.contains("shop/idle"),
+            "a pool without pods has no rule"
+        );
     }
 
     #[test]

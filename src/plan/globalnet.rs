@@ -12,7 +12,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::types::is_dns_label;
-use crate::net::nft::{GlobalnetNft, IngressRule, Protocol};
+use crate::net::nft::{EgressPool, GlobalnetNft, IngressRule, Protocol};
 
 /// Submariner's default global range and slice size.
 pub const DEFAULT_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(242, 0, 0, 0), 8);
@@ -32,6 +32,8 @@ pub enum AllocError {
     PoolTooLarge { egress: u32, size: u32, max: u32 },
     #[error("no free global IP left in {cidr}")]
     SliceExhausted { cidr: Ipv4Net },
+    #[error("no run of {count} free global IPs left in {cidr}")]
+    NoRoomForPool { cidr: Ipv4Net, count: u32 },
 }
 
 /// The prefix length of slices of `size` addresses inside `range`.
@@ -173,20 +175,25 @@ pub fn parse_export(stem: &str, text: &str, local: &[IpNet]) -> Result<Export, S
 }
 
 /// Ingress IPs by export name: every export of `wanted` keeps its address
-/// from `previous` (if still in the ingress range), the others get the
-/// lowest free one in name order, so that released addresses are reused.
-/// Exports that find none are returned with the reason.
+/// from `previous` (if still in the ingress range and not `reserved`), the
+/// others get the lowest free one in name order, so that released
+/// addresses are reused. Exports that find none are returned with the
+/// reason.
 pub fn allocate_ingress(
     layout: &SliceLayout,
     previous: &BTreeMap<String, Ipv4Addr>,
     wanted: &BTreeSet<String>,
+    reserved: &BTreeSet<Ipv4Addr>,
 ) -> (BTreeMap<String, Ipv4Addr>, BTreeMap<String, AllocError>) {
     let mut allocated: BTreeMap<String, Ipv4Addr> = previous
         .iter()
-        .filter(|(name, ip)| wanted.contains(*name) && layout.is_ingress_ip(**ip))
+        .filter(|(name, ip)| {
+            wanted.contains(*name) && layout.is_ingress_ip(**ip) && !reserved.contains(*ip)
+        })
         .map(|(name, ip)| (name.clone(), *ip))
         .collect();
-    let used: BTreeSet<Ipv4Addr> = allocated.values().copied().collect();
+    let mut used: BTreeSet<Ipv4Addr> = allocated.values().copied().collect();
+    used.extend(reserved);
     // Each free address comes once: no need to mark it used.
     let mut free = layout.ingress_ips().filter(|ip| !used.contains(ip));
     let mut refused = BTreeMap::new();
@@ -209,6 +216,93 @@ pub fn allocate_ingress(
     (allocated, refused)
 }
 
+/// A run of consecutive global addresses: an egress pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub first: Ipv4Addr,
+    pub count: u32,
+}
+
+impl Pool {
+    pub fn last(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.first) + self.count - 1)
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> {
+        (u32::from(self.first)..u32::from(self.first) + self.count).map(Ipv4Addr::from)
+    }
+}
+
+/// Egress pools (Submariner's `GlobalEgressIP`) by name, `wanted` with
+/// their sizes, from the slice's ingress range less `in_use`: a pool keeps
+/// its run from `previous` while its size is the same and no address of
+/// it is taken; the others get the lowest free run, in name order. Pools
+/// that find no room are returned with the reason.
+pub fn allocate_pools(
+    layout: &SliceLayout,
+    previous: &BTreeMap<String, Pool>,
+    wanted: &BTreeMap<String, u32>,
+    in_use: &BTreeSet<Ipv4Addr>,
+) -> (BTreeMap<String, Pool>, BTreeMap<String, AllocError>) {
+    let mut used = in_use.clone();
+    let mut allocated = BTreeMap::new();
+    for (name, pool) in previous {
+        let fits = wanted.get(name) == Some(&pool.count)
+            && pool
+                .addresses()
+                .all(|ip| layout.is_ingress_ip(ip) && !used.contains(&ip));
+        if fits {
+            used.extend(pool.addresses());
+            allocated.insert(name.clone(), *pool);
+        }
+    }
+    let mut refused = BTreeMap::new();
+    for (name, count) in wanted {
+        if allocated.contains_key(name) {
+            continue;
+        }
+        let run = free_run(layout, &used, *count);
+        match run {
+            Some(pool) => {
+                used.extend(pool.addresses());
+                allocated.insert(name.clone(), pool);
+            }
+            None => {
+                refused.insert(
+                    name.clone(),
+                    AllocError::NoRoomForPool {
+                        cidr: layout.cidr,
+                        count: *count,
+                    },
+                );
+            }
+        }
+    }
+    (allocated, refused)
+}
+
+/// The lowest run of `count` free ingress-range addresses.
+fn free_run(layout: &SliceLayout, used: &BTreeSet<Ipv4Addr>, count: u32) -> Option<Pool> {
+    if count == 0 {
+        return None;
+    }
+    let mut start: Option<Ipv4Addr> = None;
+    let mut length = 0;
+    for ip in layout.ingress_ips() {
+        if used.contains(&ip) {
+            start = None;
+            length = 0;
+            continue;
+        }
+        let first = *start.get_or_insert(ip);
+        length += 1;
+        if length == count {
+            return Some(Pool { first, count });
+        }
+    }
+    None
+}
+
 /// The gateway's translation rules: the egress pool and one DNAT per
 /// export port that has an ingress IP, for traffic out of `tunnel`. The
 /// entries of one export and port (a service's endpoints) share the rule.
@@ -217,6 +311,7 @@ pub fn nft_rules(
     layout: &SliceLayout,
     exports: &[Export],
     ingress: &BTreeMap<String, Ipv4Addr>,
+    egress_pools: Vec<EgressPool>,
 ) -> GlobalnetNft {
     let mut rules: BTreeMap<(String, Protocol, u16), IngressRule> = BTreeMap::new();
     for e in exports {
@@ -241,6 +336,7 @@ pub fn nft_rules(
     GlobalnetNft {
         tunnel: tunnel.to_string(),
         egress: layout.egress_pool(),
+        egress_pools,
         ingress: rules.into_values().collect(),
     }
 }
@@ -328,22 +424,31 @@ mod tests {
         // 14 hosts: 8 egress, 1 health check, 5 ingress (.9 to .13).
         let layout = SliceLayout::new(net("242.0.0.0/28"), 8).unwrap();
         let ip = |d| Ipv4Addr::new(242, 0, 0, d);
-        let (first, refused) =
-            allocate_ingress(&layout, &BTreeMap::new(), &names(&["a", "b", "c"]));
+        let (first, refused) = allocate_ingress(
+            &layout,
+            &BTreeMap::new(),
+            &names(&["a", "b", "c"]),
+            &BTreeSet::new(),
+        );
         assert!(refused.is_empty());
         assert_eq!(first["a"], ip(9));
         assert_eq!(first["c"], ip(11));
 
         // b goes; a newcomer gets b's address; a and c keep theirs even
         // though a name sorting before them arrives.
-        let (second, _) = allocate_ingress(&layout, &first, &names(&["a", "c", "0new"]));
+        let (second, _) = allocate_ingress(
+            &layout,
+            &first,
+            &names(&["a", "c", "0new"]),
+            &BTreeSet::new(),
+        );
         assert_eq!(second["0new"], ip(10));
         assert_eq!((second["a"], second["c"]), (ip(9), ip(11)));
         assert!(!second.contains_key("b"));
 
         // Six exports, five addresses: the last in name order is refused.
         let wanted = names(&["a", "c", "0new", "d", "e", "f"]);
-        let (third, refused) = allocate_ingress(&layout, &second, &wanted);
+        let (third, refused) = allocate_ingress(&layout, &second, &wanted, &BTreeSet::new());
         assert_eq!(third.len(), 5);
         assert_eq!(
             refused.get("f"),
@@ -353,7 +458,7 @@ mod tests {
 
         // One released: the refused one gets its address.
         let wanted = names(&["a", "c", "0new", "e", "f"]);
-        let (fourth, refused) = allocate_ingress(&layout, &third, &wanted);
+        let (fourth, refused) = allocate_ingress(&layout, &third, &wanted, &BTreeSet::new());
         assert!(refused.is_empty());
         assert_eq!(fourth["f"], third["d"]);
     }
@@ -366,7 +471,12 @@ mod tests {
             ("b".to_string(), Ipv4Addr::new(242, 1, 0, 9)),
             ("c".to_string(), Ipv4Addr::new(242, 0, 0, 14)),
         ]);
-        let (allocated, _) = allocate_ingress(&layout, &previous, &names(&["a", "b", "c"]));
+        let (allocated, _) = allocate_ingress(
+            &layout,
+            &previous,
+            &names(&["a", "b", "c"]),
+            &BTreeSet::new(),
+        );
         let ips: BTreeSet<_> = allocated.values().map(|ip| ip.octets()[3]).collect();
         assert_eq!(ips, BTreeSet::from([9, 10, 11]));
     }
@@ -418,6 +528,39 @@ mod tests {
     }
 
     #[test]
+    fn egress_pools_are_runs_that_keep_their_place_and_avoid_ingress_ips() {
+        let layout = SliceLayout::new(net("242.1.0.0/28"), 2).unwrap();
+        // Hosts .1-.14: .1-.2 the cluster's pool, .14 the health check.
+        let ingress: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(242, 1, 0, 4)].into();
+        let wanted = BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 3)]);
+        let (pools, refused) = allocate_pools(&layout, &BTreeMap::new(), &wanted, &ingress);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(pools["a"].first, Ipv4Addr::new(242, 1, 0, 5), "{pools:?}");
+        assert_eq!(pools["a"].last(), Ipv4Addr::new(242, 1, 0, 6));
+        assert_eq!(pools["b"].first, Ipv4Addr::new(242, 1, 0, 7));
+        // Kept while the size is the same; a new size moves the pool.
+        let wanted = BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 4)]);
+        let (again, _) = allocate_pools(&layout, &pools, &wanted, &ingress);
+        assert_eq!(again["a"], pools["a"]);
+        assert_eq!(again["b"].first, Ipv4Addr::new(242, 1, 0, 7));
+        assert_eq!(again["b"].count, 4);
+        // No run long enough: refused with the reason.
+        let huge = BTreeMap::from([("c".to_string(), 12)]);
+        let (none, refused) = allocate_pools(&layout, &BTreeMap::new(), &huge, &ingress);
+        assert!(none.is_empty());
+        assert!(refused["c"].to_string().contains("no run of 12"));
+        // Ingress IPs stay off addresses a pool keeps.
+        let reserved: BTreeSet<Ipv4Addr> = pools["a"].addresses().collect();
+        let (ips, _) = allocate_ingress(
+            &layout,
+            &BTreeMap::new(),
+            &names(&["x", "y", "z"]),
+            &reserved,
+        );
+        assert!(ips.values().all(|ip| !reserved.contains(ip)), "{ips:?}");
+    }
+
+    #[test]
     fn nft_rules_cover_exports_with_an_ingress_ip() {
         let layout = SliceLayout::new(net("242.1.0.0/16"), 8).unwrap();
         let export = |name: &str| Export {
@@ -433,6 +576,7 @@ mod tests {
             &layout,
             &[export("web"), export("refused")],
             &ingress,
+            Vec::new(),
         );
         assert_eq!(rules.egress, layout.egress_pool());
         assert_eq!(rules.ingress.len(), 1);

@@ -1,0 +1,253 @@
+//! Globalnet's egress pools of selected pods in Kubernetes mode:
+//! Submariner's `GlobalEgressIP`, in a namespace, gives the pods of that
+//! namespace (or those its `podSelector` picks) a pool of `numberOfIPs`
+//! global addresses of their own. The allocation is written back to its
+//! status (`allocatedIPs`, an `Allocated` condition).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::Client;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::broker::crd::SUBMARINER_GROUP;
+use crate::broker::globalnet_types::GlobalEgressIPSpec;
+use crate::broker::kube::{Cache, Watched, FIELD_MANAGER};
+use crate::broker::types::LabelSelector;
+use crate::plan::globalnet::Pool;
+
+fn global_egress_ip_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(SUBMARINER_GROUP, "v1", "GlobalEgressIP"),
+        "globalegressips",
+    )
+}
+
+fn pod_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods")
+}
+
+/// What one `GlobalEgressIP` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolRequest {
+    pub count: u32,
+    /// The IPv4 addresses of the pods it selects, in this cluster.
+    pub sources: Vec<Ipv4Addr>,
+}
+
+/// The local cluster's GlobalEgressIPs and Pods, watched in every
+/// namespace.
+pub struct EgressIps {
+    client: Client,
+    requests: Watched,
+    pods: Watched,
+}
+
+impl EgressIps {
+    pub fn start(client: Client, changes: &watch::Sender<u64>) -> EgressIps {
+        let watch = |resource: ApiResource, what: &str| {
+            Watched::start(
+                Api::all_with(client.clone(), &resource),
+                format!("{what} in every namespace"),
+                changes.clone(),
+            )
+        };
+        EgressIps {
+            requests: watch(global_egress_ip_resource(), "globalegressips"),
+            pods: watch(pod_resource(), "pods"),
+            client,
+        }
+    }
+
+    /// The pools asked for by `namespace/name`, and the refused requests
+    /// with the reason.
+    pub fn current(
+        &self,
+        local: &[IpNet],
+    ) -> (BTreeMap<String, PoolRequest>, BTreeMap<String, String>) {
+        requests_of(&self.requests.objects(), &self.pods.objects(), local)
+    }
+
+    /// Writes each request's outcome to its status.
+    pub async fn report(
+        &self,
+        pools: &BTreeMap<String, Pool>,
+        refused: &BTreeMap<String, String>,
+    ) -> Result<(), kube::Error> {
+        let outcomes = pools
+            .iter()
+            .map(|(key, pool)| {
+                let ips: Vec<String> = pool.addresses().map(|ip| ip.to_string()).collect();
+                (key, ips, condition(true, "Success", ""))
+            })
+            .chain(
+                refused
+                    .iter()
+                    .map(|(key, reason)| (key, Vec::new(), condition(false, "Refused", reason))),
+            );
+        for (key, ips, condition) in outcomes {
+            // A request deleted meanwhile has no status to write.
+            if !self.requests.objects().contains_key(key) {
+                continue;
+            }
+            let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), namespace, &global_egress_ip_resource());
+            let status = json!({
+                "apiVersion": "submariner.io/v1",
+                "kind": "GlobalEgressIP",
+                "metadata": { "name": name, "namespace": namespace },
+                "status": { "allocatedIPs": ips, "conditions": [condition] },
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            api.patch_status(name, &params, &Patch::Apply(status))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn condition(ok: bool, reason: &str, message: &str) -> serde_json::Value {
+    json!({
+        "type": "Allocated",
+        "status": if ok { "True" } else { "False" },
+        "lastTransitionTime": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        "reason": reason,
+        "message": message,
+    })
+}
+
+fn requests_of(
+    requests: &Cache,
+    pods: &Cache,
+    local: &[IpNet],
+) -> (BTreeMap<String, PoolRequest>, BTreeMap<String, String>) {
+    let mut wanted = BTreeMap::new();
+    let mut refused = BTreeMap::new();
+    for (key, object) in requests {
+        match request_of(object, pods, local) {
+            Ok(request) => {
+                wanted.insert(key.clone(), request);
+            }
+            Err(reason) => {
+                refused.insert(key.clone(), reason);
+            }
+        }
+    }
+    (wanted, refused)
+}
+
+fn request_of(
+    object: &DynamicObject,
+    pods: &Cache,
+    local: &[IpNet],
+) -> Result<PoolRequest, String> {
+    let spec: GlobalEgressIPSpec = serde_json::from_value(object.data["spec"].clone())
+        .map_err(|e| format!("malformed: {e}"))?;
+    let count = match spec.number_of_ips.unwrap_or(1) {
+        n @ 1..=1024 => n as u32,
+        n => return Err(format!("numberOfIPs {n} is not between 1 and 1024")),
+    };
+    let selector = spec.pod_selector.unwrap_or_default();
+    if !selector.match_expressions.is_empty() {
+        return Err("podSelector matchExpressions are not supported yet; use matchLabels".into());
+    }
+    let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
+    let sources = pods
+        .values()
+        .filter(|pod| pod.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|pod| selects(&selector, pod))
+        .filter_map(|pod| {
+            pod.data["status"]["podIP"]
+                .as_str()?
+                .parse::<Ipv4Addr>()
+                .ok()
+        })
+        .filter(|ip| local.iter().any(|n| n.contains(&IpAddr::V4(*ip))))
+        .collect();
+    Ok(PoolRequest { count, sources })
+}
+
+/// Whether every label of the selector is on the pod (an empty selector
+/// picks every pod).
+fn selects(selector: &LabelSelector, pod: &DynamicObject) -> bool {
+    let labels = pod.metadata.labels.clone().unwrap_or_default();
+    selector
+        .match_labels
+        .iter()
+        .all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(
+        resource: &ApiResource,
+        name: &str,
+        labels: &[(&str, &str)],
+        data: serde_json::Value,
+    ) -> (String, DynamicObject) {
+        let mut o = DynamicObject::new(name, resource).within("shop");
+        o.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        o.data = data;
+        (format!("shop/{name}"), o)
+    }
+
+    #[test]
+    fn requests_pick_their_namespaces_pods_by_label() {
+        let local: Vec<IpNet> = vec!["10.1.0.0/16".parse().unwrap()];
+        let pod = |name: &str, app: &str, ip: &str| {
+            object(
+                &pod_resource(),
+                name,
+                &[("app", app)],
+                json!({ "status": { "podIP": ip } }),
+            )
+        };
+        let pods: Cache = [
+            pod("db-0", "db", "10.1.1.2"),
+            pod("web-0", "web", "10.1.1.3"),
+            pod("db-x", "db", "192.0.2.1"),
+        ]
+        .into_iter()
+        .collect();
+        let request = |name: &str, spec: serde_json::Value| {
+            object(
+                &global_egress_ip_resource(),
+                name,
+                &[],
+                json!({ "spec": spec }),
+            )
+        };
+        let requests: Cache = [
+            request("db", json!({ "numberOfIPs": 2, "podSelector": { "matchLabels": { "app": "db" } } })),
+            request("all", json!({})),
+            request("huge", json!({ "numberOfIPs": 100000 })),
+            request("fancy", json!({ "podSelector": { "matchExpressions": [{ "key": "app", "operator": "Exists" }] } })),
+        ]
+        .into_iter()
+        .collect();
+        let (wanted, refused) = requests_of(&requests, &pods, &local);
+        assert_eq!(
+            wanted["shop/db"],
+            PoolRequest {
+                count: 2,
+                sources: vec![Ipv4Addr::new(10, 1, 1, 2)]
+            }
+        );
+        assert_eq!(wanted["shop/all"].count, 1);
+        assert_eq!(wanted["shop/all"].sources.len(), 2);
+        assert!(refused["shop/huge"].contains("numberOfIPs"));
+        assert!(refused["shop/fancy"].contains("matchExpressions"));
+    }
+}
