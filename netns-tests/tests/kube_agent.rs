@@ -378,18 +378,36 @@ fn gateways_meet_through_the_broker_api_and_candidates_elect_one_active() {
     assert!(clean, "the active gateway did not stop cleanly:\n{log}");
     let second = kube.wait_active_connected("east", &["west"], limit);
     assert_ne!(second, first);
+    println!("FAILOVER: {first} -> {second}");
     assert_eq!(kube.lease_holder("east").as_deref(), Some(second.as_str()));
     wait_until(
         "the broker to hold only the new gateway's endpoint",
         limit,
         || kube.broker_endpoints("east").len() == 1,
     );
-    let east_pod = kube.set.cluster("east").pod(0);
-    let west_pod = kube.set.cluster("west").pod(0);
-    wait_until("east to reach west again", limit, || {
-        east_pod.ping_once(west_pod.ip, 2)
+    // The new active gateway's pod reaches west at once; the former one's
+    // node, its agent back as a candidate, stands by and routes its pod
+    // to the new active gateway.
+    kube.set.cluster_mut("east").node_mut(&first).start_agent();
+    wait_until("the former gateway to stand by", limit, || {
+        kube.gateways("east")
+            .iter()
+            .any(|g| g.0 == first && g.1 == "passive")
     });
-    assert!(west_pod.ping(east_pod));
+    assert_eq!(kube.lease_holder("east").as_deref(), Some(second.as_str()));
+    let west_pod = kube.set.cluster("west").pod(0);
+    for node in [&second, &first] {
+        let east_pod = &kube.set.cluster("east").node(node).pods[0];
+        wait_until(
+            &format!("east's pod on {node} to reach west"),
+            limit,
+            || east_pod.ping_once(west_pod.ip, 2),
+        );
+        assert!(
+            west_pod.ping(east_pod),
+            "west cannot reach east's pod on {node}"
+        );
+    }
 }
 
 #[test]
