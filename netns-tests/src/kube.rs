@@ -805,3 +805,50 @@ fn first_service_ip(cidr: &str) -> Option<Ipv4Addr> {
     let net: Ipv4Addr = net.parse().ok()?;
     Some(Ipv4Addr::from(u32::from(net) + 1))
 }
+
+/// Applies every CRD Strait generates and waits until the server serves
+/// them all (`Established`).
+pub async fn install_crds(client: &::kube::Client) {
+    use ::kube::api::{Api, Patch, PatchParams};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("strait-netns-tests").force();
+    for crd in strait::broker::crd::all() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for crd in strait::broker::crd::all() {
+        let name = crd.metadata.name.unwrap_or_default();
+        let established = |c: CustomResourceDefinition| {
+            c.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        };
+        while !crds.get(&name).await.is_ok_and(established) {
+            assert!(Instant::now() < deadline, "CRD {name} never established");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Creates namespace `name`.
+pub async fn create_namespace(client: &::kube::Client, name: &str) {
+    use ::kube::api::{Api, ObjectMeta, PostParams};
+    use k8s_openapi::api::core::v1::Namespace;
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}

@@ -6,17 +6,18 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, NodeAddress, NodeStatus, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeStatus, Pod};
 use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use strait_netns_tests::cluster::{ClusterSet, ClusterSpec, NodeSpec, Options, ECHO_PORT};
 use strait_netns_tests::globalnet::{nft_script, probe_counts};
-use strait_netns_tests::kube::{block_on_in_netns, ApiServer, ApiServerOptions};
+use strait_netns_tests::kube::{
+    block_on_in_netns, create_namespace, install_crds, ApiServer, ApiServerOptions,
+};
 use strait_netns_tests::wait_until;
 
 const BROKER_NAMESPACE: &str = "submariner-k8s-broker";
@@ -60,53 +61,6 @@ fn kubeconfig_in(server: &ApiServer, namespace: &str) -> String {
     let context = &mut config["contexts"][0]["context"];
     context["namespace"] = serde_yaml::Value::String(namespace.into());
     serde_yaml::to_string(&config).expect("writing a kubeconfig")
-}
-
-/// Applies every CRD and waits until the server serves them; makes
-/// `namespace`.
-async fn install(client: Client, namespace: &str) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let params = PatchParams::apply("strait-netns-tests").force();
-    for crd in strait::broker::crd::all() {
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("applying CRD {name}: {e}"));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for crd in strait::broker::crd::all() {
-        let name = crd.metadata.name.clone().unwrap();
-        loop {
-            let established = crds
-                .get(&name)
-                .await
-                .ok()
-                .and_then(|c| c.status)
-                .is_some_and(|s| {
-                    s.conditions
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                });
-            if established {
-                break;
-            }
-            assert!(Instant::now() < deadline, "CRD {name} never established");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let namespaces: Api<Namespace> = Api::all(client);
-    let object = Namespace {
-        metadata: ObjectMeta {
-            name: Some(namespace.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    namespaces
-        .create(&PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
 }
 
 /// Registers a node as a kubelet would: its InternalIP, and the gateway
@@ -192,7 +146,9 @@ impl KubeSet {
         );
         let config = broker.admin_config();
         block_on_in_netns(set.wan().name(), move || async move {
-            install(client_of(config), BROKER_NAMESPACE).await
+            let client = client_of(config);
+            install_crds(&client).await;
+            create_namespace(&client, BROKER_NAMESPACE).await
         });
         let broker_kubeconfig = set.root().join("broker.kubeconfig");
         std::fs::write(&broker_kubeconfig, kubeconfig_in(&broker, BROKER_NAMESPACE)).unwrap();
@@ -217,7 +173,8 @@ impl KubeSet {
                 .collect();
             block_on_in_netns(cluster.lan().name(), move || async move {
                 let client = client_of(config);
-                install(client.clone(), STRAIT_NAMESPACE).await;
+                install_crds(&client).await;
+                create_namespace(&client, STRAIT_NAMESPACE).await;
                 for (name, ip, candidate) in nodes {
                     register_node(client.clone(), name, ip, candidate).await;
                 }
@@ -617,18 +574,7 @@ fn overlapping_clusters_reach_a_service_export_through_its_global_ingress_ip() {
 
     let west_ip = west_pod.ip;
     kube.local("west", move |client| async move {
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let shop = Namespace {
-            metadata: ObjectMeta {
-                name: Some("shop".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &shop)
-            .await
-            .unwrap();
+        create_namespace(&client, "shop").await;
         serve(client.clone(), "echo", west_ip, ECHO_PORT, true).await;
         // An export whose service does not exist.
         export(client, "missing").await;
@@ -658,18 +604,7 @@ fn overlapping_clusters_reach_a_service_export_through_its_global_ingress_ip() {
     // and west's server sees only that pool.
     let east_ip = east_pod.ip;
     kube.local("east", move |client| async move {
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let shop = Namespace {
-            metadata: ObjectMeta {
-                name: Some("shop".into()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &shop)
-            .await
-            .unwrap();
+        create_namespace(&client, "shop").await;
         register_pod(client.clone(), "client", east_ip).await;
         let api: Api<DynamicObject> = Api::namespaced_with(
             client,

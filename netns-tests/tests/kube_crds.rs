@@ -3,19 +3,16 @@
 //! served, objects of every kind can be created, watched, updated and
 //! deleted, and the schemas refuse a field of the wrong type.
 
-use std::time::{Duration, Instant};
-
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
-    Api, ApiResource, DeleteParams, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams,
-    WatchEvent, WatchParams,
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
 };
 use kube::core::GroupVersionKind;
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
 use serde_json::{json, Value};
-use strait_netns_tests::kube::ApiServer;
+use strait_netns_tests::kube::{create_namespace, install_crds, ApiServer};
 
 const NAMESPACE: &str = "crds";
 
@@ -110,45 +107,6 @@ fn object(resource: &ApiResource, name: &str, body: &Value) -> Value {
     object
 }
 
-async fn install(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in strait::broker::crd::all() {
-        crds.create(&PostParams::default(), &crd)
-            .await
-            .unwrap_or_else(|e| panic!("creating CRD {:?}: {e}", crd.metadata.name));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for crd in strait::broker::crd::all() {
-        let name = crd.metadata.name.unwrap();
-        while !crds
-            .get(&name)
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .is_some_and(|s| {
-                s.conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-        {
-            assert!(Instant::now() < deadline, "CRD {name} never established");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NAMESPACE.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .unwrap();
-}
-
 /// Watch event types of `name` after resourceVersion `since`, until
 /// `count` arrived.
 async fn watched(
@@ -183,7 +141,8 @@ async fn watched(
 async fn every_kind_is_served_written_watched_and_type_checked() {
     let server = ApiServer::start();
     let client = server.client();
-    install(&client).await;
+    install_crds(&client).await;
+    create_namespace(&client, NAMESPACE).await;
     for case in cases() {
         let (resource, crd) = resource(case.kind);
         let columns = crd.spec.versions[0]

@@ -7,11 +7,10 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::Api;
 use kube::Client;
 use strait::agent::lease::{LeaderElector, Leadership, LeaseConfig, LeaseRecord};
-use strait_netns_tests::kube::{ApiServer, ApiServerOptions};
+use strait_netns_tests::kube::{create_namespace, ApiServer, ApiServerOptions};
 use tokio::sync::watch;
 
 const NAMESPACE: &str = "strait-lease";
@@ -32,17 +31,7 @@ fn ms(millis: u64) -> Duration {
 async fn api_server(tag: &str) -> (ApiServer, Client) {
     let api = ApiServer::start_with(ApiServerOptions::default().tag(tag));
     let client = api.client();
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NAMESPACE.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("creating the test namespace");
+    create_namespace(&client, NAMESPACE).await;
     (api, client)
 }
 
