@@ -1,10 +1,33 @@
-# Sourced by the netns benchmark scripts (bench-pods.sh, bench-globalnet.sh):
-# the clean-up of what the harness journalled, and the replacement of the
-# script's own section of BENCHMARKS.md.
-#
-# The sourcing script sets TMP (its scratch directory), JOURNAL (the
-# harness's journal of namespaces and processes) and BENCH_PID (the bench
-# binary, while it runs), then: trap bench_cleanup EXIT.
+# Sourced by the netns benchmark scripts (bench-pods.sh, bench-globalnet.sh)
+# after they set ROOT: their set-up and checks, building and running the
+# bench binary, the clean-up of what the harness journalled, and the
+# replacement of the script's own section of BENCHMARKS.md.
+
+# bench_setup NAME TOOL...: checks the environment (BENCH_SECONDS,
+# BENCH_ROUNDS, root, the tools), defines log, makes the scratch directory
+# TMP with WORK, JOURNAL and RESULTS, and cleans up on exit.
+bench_setup() {
+    local name=$1 tool
+    shift
+    SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+    ROUNDS=${BENCH_ROUNDS:-3}
+    OUTPUT=${BENCH_OUTPUT:-$ROOT/BENCHMARKS.md}
+    [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ && $SECONDS_PER_RUN -le 120 ]] || { echo "BENCH_SECONDS: 1..120" >&2; exit 2; }
+    [[ $ROUNDS =~ ^[1-9][0-9]*$ && $ROUNDS -le 20 ]] || { echo "BENCH_ROUNDS: 1..20" >&2; exit 2; }
+    [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 2; }
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 2; }
+    done
+    BENCH_NAME=$name
+    log() { echo "[$BENCH_NAME] $*" >&2; }
+    TMP=$(mktemp -d "/tmp/$name.XXXXXX")
+    WORK=${BENCH_LOG_DIR:-$TMP/work}
+    JOURNAL=$TMP/journal
+    RESULTS=$TMP/results.tsv
+    BENCH_PID=
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
 
 # Only what the harness journalled: the bench binary, then the processes
 # in its namespaces, then the namespaces.

@@ -19,29 +19,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SECONDS_PER_RUN=${BENCH_SECONDS:-10}
-ROUNDS=${BENCH_ROUNDS:-3}
-OUTPUT=${BENCH_OUTPUT:-$ROOT/BENCHMARKS.md}
-
-[[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ && $SECONDS_PER_RUN -le 120 ]] || { echo "BENCH_SECONDS: 1..120" >&2; exit 2; }
-[[ $ROUNDS =~ ^[1-9][0-9]*$ && $ROUNDS -le 20 ]] || { echo "BENCH_ROUNDS: 1..20" >&2; exit 2; }
-[[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 2; }
-for tool in ip iperf3 ss nft curl timeout python3 cargo; do
-    command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 2; }
-done
-
-log() { echo "[bench-globalnet] $*" >&2; }
-
-TMP=$(mktemp -d /tmp/bench-globalnet.XXXXXX)
-WORK=${BENCH_LOG_DIR:-$TMP/work}
-JOURNAL=$TMP/journal
-RESULTS=$TMP/results.tsv
-BENCH_PID=
 
 # shellcheck source=netns-tests/bench-common.sh
 source "$ROOT/netns-tests/bench-common.sh"
-trap bench_cleanup EXIT
-trap 'exit 130' INT TERM
+bench_setup bench-globalnet ip iperf3 ss nft curl timeout python3 cargo
 
 build_and_run_bench bench-globalnet tcp-echo
 

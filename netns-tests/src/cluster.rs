@@ -124,6 +124,18 @@ impl ClusterSpec {
         )
     }
 
+    /// The gateway `<id>-gw` and one worker `<id>-w1`, a pod on each.
+    pub fn gateway_and_worker(id: &str, index: u8) -> ClusterSpec {
+        ClusterSpec::new(
+            id,
+            index,
+            vec![
+                NodeSpec::gateway(&format!("{id}-gw"), 1),
+                NodeSpec::worker(&format!("{id}-w1"), 1),
+            ],
+        )
+    }
+
     /// Issue 5's shape: the gateway `<id>-gw` and two workers `<id>-w1`,
     /// `<id>-w2`, a pod on each.
     pub fn three_nodes(id: &str, index: u8) -> ClusterSpec {

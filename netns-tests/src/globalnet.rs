@@ -100,21 +100,3 @@ pub fn probe_counts(node_ns: &crate::Netns, table: &str) -> BTreeMap<String, u64
         })
         .collect()
 }
-
-/// Applies an nft script inside `ns`.
-pub fn nft_script(ns: &crate::Netns, script: &str) {
-    use std::io::Write;
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "nft -f failed:\n{script}");
-}

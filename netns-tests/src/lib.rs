@@ -153,6 +153,32 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Applies an nft script (`nft -f -`) in the namespace; it must succeed.
+    pub fn nft(&self, script: &str) {
+        use std::io::Write;
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting nft");
+        child
+            .stdin
+            .take()
+            .expect("nft's stdin")
+            .write_all(script.as_bytes())
+            .expect("writing the nft script");
+        let out = child.wait_with_output().expect("waiting for nft");
+        assert!(
+            out.status.success(),
+            "nft -f in {}: {}\n{script}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts a long-running process in the namespace, its output going
     /// to `log`.
     pub fn spawn(&self, args: &[&str], env: &[(&str, &str)], log: &Path) -> Process {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use strait_netns_tests::cluster::{parse_metrics, str_at, Node, TUNNEL_IFNAME};
 use strait_netns_tests::globalnet::{
-    egress_ips, export, global_cidr, ingress_ip, nft_script, probe_counts, refusal, state,
-    unexport, wait_ingress_ip, write_export,
+    egress_ips, export, global_cidr, ingress_ip, probe_counts, refusal, state, unexport,
+    wait_ingress_ip, write_export,
 };
 use strait_netns_tests::{
     require_root, wait_until, ClusterSet, ClusterSpec, NodeSpec, Options, Pod,
@@ -37,11 +37,7 @@ fn options(globalnet: &str) -> Options {
 
 /// A gateway and a worker node, a pod on each.
 fn overlapping(id: &str, index: u8) -> ClusterSpec {
-    let nodes = vec![
-        NodeSpec::gateway(&format!("{id}-gw"), 1),
-        NodeSpec::worker(&format!("{id}-w1"), 1),
-    ];
-    ClusterSpec::new(id, index, nodes).with_cidrs(POD_CIDR, SERVICE_CIDR)
+    ClusterSpec::gateway_and_worker(id, index).with_cidrs(POD_CIDR, SERVICE_CIDR)
 }
 
 /// Clusters `ids`, all with the same CIDRs, started at the same moment
@@ -121,7 +117,7 @@ fn watch_tunnel(gw: &Node) {
         rules("out", "oifname"),
         rules("in", "iifname")
     );
-    nft_script(&gw.ns, &script);
+    gw.ns.nft(&script);
 }
 
 fn assert_only_global_addresses_crossed(gw: &Node) {
@@ -200,16 +196,13 @@ fn overlapping_clusters_reach_exported_services_through_global_ips() {
 
     // Who B's server sees: only A's egress pool.
     let pool = egress_ips(a.gateway()).expect("a's egress pool");
-    nft_script(
-        &b.pod(0).ns,
-        &format!(
-            "table ip gn-seen {{ chain input {{ type filter hook input priority 0; policy accept;
+    b.pod(0).ns.nft(&format!(
+        "table ip gn-seen {{ chain input {{ type filter hook input priority 0; policy accept;
                 tcp dport {ECHO_PORT} ip saddr {pool} counter comment \"from a's egress pool\"
                 tcp dport {ECHO_PORT} ip saddr != {pool} counter comment \"from elsewhere\"
             }}
             }}"
-        ),
-    );
+    ));
 
     let at = |id: &str, export: &'static str| ingress[&(id.to_string(), export)];
     let report = request_ok(a.pod(0), b.pod(0), at("b", EXPORT));

@@ -14,7 +14,7 @@ use kube::api::{Api, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::Client;
 use strait_netns_tests::cluster::{ClusterSet, ClusterSpec, NodeSpec, Options, ECHO_PORT};
-use strait_netns_tests::globalnet::{nft_script, probe_counts};
+use strait_netns_tests::globalnet::probe_counts;
 use strait_netns_tests::kube::{
     block_on_in_netns, create_namespace, install_crds, ApiServer, ApiServerOptions,
 };
@@ -646,16 +646,13 @@ fn overlapping_clusters_reach_a_service_export_through_its_global_ingress_ip() {
     });
     assert!(pool.iter().all(|ip| ip.starts_with("242.0.")), "{pool:?}");
     let range = format!("{}-{}", pool[0], pool[1]);
-    nft_script(
-        &west_pod.ns,
-        &format!(
-            "table ip gn-seen {{ chain input {{ type filter hook input priority 0; policy accept;
+    west_pod.ns.nft(&format!(
+        "table ip gn-seen {{ chain input {{ type filter hook input priority 0; policy accept;
                 tcp dport {ECHO_PORT} ip saddr {range} counter comment \"from the pod's pool\"
                 tcp dport {ECHO_PORT} ip saddr != {range} counter comment \"from elsewhere\"
             }}
             }}"
-        ),
-    );
+    ));
 
     // East's pod reaches west's through the ingress IP; the echo says
     // which pod answered, byte for byte.

@@ -103,30 +103,6 @@ impl Net {
         Net { c, r, s }
     }
 
-    fn nft_script(ns: &Netns, script: &str) {
-        let mut child = ns
-            .command("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("starting nft");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "nft -f in {}: {}",
-            ns.name(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     fn ensure(&self, table: &mut NftTable, plan: &NftPlan) -> bool {
         self.r.run_inside(|| table.ensure(plan)).expect("ensure")
     }
@@ -207,7 +183,7 @@ fn tcp_mss(net: &Net, to: &str) -> (u32, u32) {
 #[test]
 fn identity_snat_keeps_cross_cluster_sources_from_masquerade() {
     let net = Net::new();
-    Net::nft_script(&net.r, MASQUERADE);
+    net.r.nft(MASQUERADE);
 
     // Without Strait's table the CNI's masquerade rewrites the source.
     let c4: IpAddr = C4.parse().unwrap();
@@ -364,7 +340,7 @@ fn unchanged_plan_writes_nothing_and_a_restart_adopts() {
 #[test]
 fn tampering_is_repaired() {
     let net = Net::new();
-    Net::nft_script(&net.r, MASQUERADE);
+    net.r.nft(MASQUERADE);
     let mut table = NftTable::new();
     let p = plan(None);
     assert!(net.ensure(&mut table, &p));

@@ -36,7 +36,7 @@ use strait_netns_tests::bench::{
 };
 use strait_netns_tests::cluster::ECHO_PORT;
 use strait_netns_tests::globalnet::{export, wait_ingress_ip};
-use strait_netns_tests::{ClusterSet, ClusterSpec, NodeSpec, Options, Pod, Process};
+use strait_netns_tests::{ClusterSet, ClusterSpec, Options, Pod, Process};
 
 /// Connections in flight at a time in the connection-rate runs.
 const PARALLEL: usize = 4;
@@ -50,17 +50,6 @@ const PATHS: [(&str, &str, &str); 2] = [
 fn fail(message: &str) -> ! {
     eprintln!("bench-globalnet: {message}");
     exit(1)
-}
-
-fn spec(id: &str, index: u8) -> ClusterSpec {
-    ClusterSpec::new(
-        id,
-        index,
-        vec![
-            NodeSpec::gateway(&format!("{id}-gw"), 1),
-            NodeSpec::worker(&format!("{id}-w1"), 1),
-        ],
-    )
 }
 
 fn pod<'s>(set: &'s ClusterSet, node: &str) -> &'s Pod {
@@ -115,7 +104,10 @@ fn main() {
         options.globalnet = globalnet.then(String::new);
         options
     };
-    let plain_specs = [spec("a", 1), spec("b", 2)];
+    let plain_specs = [
+        ClusterSpec::gateway_and_worker("a", 1),
+        ClusterSpec::gateway_and_worker("b", 2),
+    ];
     let (pods, services) = (&plain_specs[0].pod_cidr, &plain_specs[0].service_cidr);
     let overlapping = plain_specs.clone().map(|s| s.with_cidrs(pods, services));
 
