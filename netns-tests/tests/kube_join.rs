@@ -143,6 +143,12 @@ spec:
     .unwrap()
 }
 
+/// Asserts that the API server refused the request as forbidden (403).
+fn assert_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
+    let (code, message) = refusal(result, what);
+    assert_eq!(code, 403, "{what}: {message}");
+}
+
 /// The HTTP status of a request the API server refused.
 fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) -> (u16, String) {
     match result {
@@ -514,40 +520,36 @@ cable: {{ psk_file: /etc/strait/broker/psk, private_key_file: /var/lib/strait/pr
         .await
         .expect("east reads west's endpoint");
     west_endpoint.data["spec"]["hostname"] = "hijacked".into();
-    let (code, _) = refusal(
+    assert_forbidden(
         endpoints(&east_account)
             .replace("west-c", &own, &west_endpoint)
             .await,
         "updating west's endpoint",
     );
-    assert_eq!(code, 403);
-    let (code, _) = refusal(
+    assert_forbidden(
         endpoints(&east_account)
             .delete("west-c", &DeleteParams::default())
             .await,
         "deleting west's endpoint",
     );
-    assert_eq!(code, 403);
-    let (code, _) = refusal(
+    assert_forbidden(
         clusters(&east_account)
             .delete("west", &DeleteParams::default())
             .await,
         "deleting west's Cluster",
     );
-    assert_eq!(code, 403);
     // A cluster id that extends another's ("east-2" starts with "east-")
     // stays the other cluster's.
     endpoints(&broker_admin)
         .create(&own, &endpoint("east-2", "east-2", "false"))
         .await
         .expect("the admin writes anything");
-    let (code, _) = refusal(
+    assert_forbidden(
         endpoints(&east_account)
             .delete("east-2", &DeleteParams::default())
             .await,
         "deleting an endpoint of cluster east-2",
     );
-    assert_eq!(code, 403);
     // RBAC: no other kinds, no Secrets.
     let gateways = Api::<DynamicObject>::namespaced_with(
         east_account.clone(),
@@ -558,19 +560,17 @@ cable: {{ psk_file: /etc/strait/broker/psk, private_key_file: /var/lib/strait/pr
         "apiVersion: submariner.io/v1\nkind: Gateway\nmetadata: {{ name: east-gw, namespace: {BROKER_NS} }}\nstatus: {{ haStatus: active }}\n"
     ))
     .unwrap();
-    let (code, _) = refusal(gateways.create(&own, &gateway).await, "creating a Gateway");
-    assert_eq!(code, 403);
+    assert_forbidden(gateways.create(&own, &gateway).await, "creating a Gateway");
     gateways
         .list(&Default::default())
         .await
         .expect("a cluster reads gateways");
-    let (code, _) = refusal(
+    assert_forbidden(
         Api::<Secret>::namespaced(east_account.clone(), BROKER_NS)
             .list(&Default::default())
             .await,
         "listing the broker's Secrets",
     );
-    assert_eq!(code, 403);
     // West's own still there, unchanged.
     let west_endpoint = endpoints(&west_account).get("west-c").await.unwrap();
     assert_eq!(west_endpoint.data["spec"]["hostname"], "gw");
