@@ -350,21 +350,26 @@ async fn reconcile<B: Broker>(
 ) -> Result<(), AgentError> {
     let snapshot = broker.snapshot().await?;
     let plan = plan(local, &snapshot.endpoints);
-    let mut desired = BTreeSet::new();
+    let mut tunnel_routes = BTreeSet::new();
     if let Some(gateway) = roles.gateway {
         gateway.reconcile(&snapshot, &plan).await?;
-        desired.extend(gateway.routes(&plan));
+        tunnel_routes = gateway.routes(&plan);
     }
     let translation = match roles.globalnet {
         Some(globalnet) => Some(globalnet.reconcile().await?),
         None => None,
     };
-    desired.extend(
-        roles
-            .route_agent
-            .reconcile(&snapshot, &plan, translation)
-            .await?,
-    );
+    let node_routes = roles
+        .route_agent
+        .reconcile(&snapshot, &plan, translation)
+        .await?;
+    // A gateway that is not the cluster's active one routes like any
+    // node, over VXLAN to the active one: wanting its tunnel routes to the
+    // same destinations too would replace one with the other every pass.
+    let desired = match node_routes.is_empty() {
+        true => tunnel_routes,
+        false => node_routes,
+    };
 
     let mut devices = BTreeMap::new();
     for name in [TUNNEL_IF, VXLAN_IF] {
