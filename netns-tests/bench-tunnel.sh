@@ -14,17 +14,25 @@
 # /opt/strait-peers/bin/boringtun-cli; its row is skipped when absent),
 # BENCH_OUTPUT (BENCHMARKS.md at the repo root), BENCH_LOG_DIR (keep the
 # daemons' logs there; by default they are deleted), BENCH_PATHS (measure
-# only these of "veth wggo btcli strait", for quick comparisons).
+# only these of "veth floor wggo btcli strait", for quick comparisons),
+# TUN_RELAY (netns-tests' tun-relay, built when missing).
+#
+# "floor" is tun-relay at both ends: packets relayed between TUN and UDP as
+# they are, no encryption. Only its latency is measured: what any userspace
+# tunnel pays for wake-ups and passes through the kernel, on this machine.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
 ROUNDS=${BENCH_ROUNDS:-3}
 STRAIT_BIN=${STRAIT_BIN:-$ROOT/target/release/strait}
+TUN_RELAY=${TUN_RELAY:-$ROOT/target/release/tun-relay}
 WIREGUARD_GO=${WIREGUARD_GO:-/usr/bin/wireguard-go}
 BORINGTUN_CLI=${BORINGTUN_CLI:-$(command -v boringtun-cli || echo /opt/strait-peers/bin/boringtun-cli)}
 OUTPUT=${BENCH_OUTPUT:-$ROOT/BENCHMARKS.md}
 PING_COUNT=500
+# Pings this close keep the machine from idling between them (see the report).
+WARM_SPACING=0.0002
 MEM_PEERS=100
 
 [[ $SECONDS_PER_RUN =~ ^[1-9][0-9]*$ && $SECONDS_PER_RUN -le 600 ]] || { echo "BENCH_SECONDS: 1..600" >&2; exit 2; }
@@ -92,8 +100,12 @@ if [[ ! -x $STRAIT_BIN ]]; then
     log "building strait (cargo build --release)"
     (cd "$ROOT" && cargo build --release --bin strait >&2)
 fi
-PATHS=(veth)
-declare -A LABEL=([veth]="plain veth")
+if [[ ! -x $TUN_RELAY ]]; then
+    log "building tun-relay (cargo build --release)"
+    (cd "$ROOT" && cargo build --release -p strait-netns-tests --bin tun-relay >&2)
+fi
+PATHS=(veth floor)
+declare -A LABEL=([veth]="plain veth" [floor]="floor: TUN↔UDP relay, no crypto")
 declare -A NOTES=()
 if [[ -x $WIREGUARD_GO ]]; then
     PATHS+=(wggo)
@@ -117,9 +129,11 @@ STRAIT_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknow
 LABEL[strait]="strait ($STRAIT_REV)"
 for p in "${!NOTES[@]}"; do log "${NOTES[$p]}"; done
 
-# Starts IMPL as interface IFN in NS; sets STARTED_PID once `wg show` answers.
-start_tunnel() {
-    local impl=$1 ns=$2 ifn=$3 pid i
+# Starts IMPL as interface IFN in NS (a floor relay listens on PORT and
+# sends to PEER); sets STARTED_PID once `wg show` (for the relay: the link)
+# answers.
+start_tunnel() { # IMPL NS IFN [PORT PEER]
+    local impl=$1 ns=$2 ifn=$3 pid i ready
     local out=$LOGDIR/$ifn.log
     IFNAMES+=("$ifn")
     case $impl in
@@ -127,14 +141,17 @@ start_tunnel() {
     btcli) ip netns exec "$ns" "$BORINGTUN_CLI" -f --disable-drop-privileges --threads 1 \
         --log "$out.boringtun" "$ifn" >>"$out" 2>&1 & ;;
     strait) ip netns exec "$ns" "$STRAIT_BIN" tunnel "$ifn" --foreground >>"$out" 2>&1 & ;;
+    floor) ip netns exec "$ns" "$TUN_RELAY" "$ifn" "$4" "$5" >>"$out" 2>&1 & ;;
     esac
     pid=$!
     PIDS+=("$pid")
+    ready=(ip netns exec "$ns" wg show "$ifn")
+    [[ $impl == floor ]] && ready=(ip -n "$ns" link show "$ifn")
     for ((i = 0; i < 200; i++)); do
         if exited "$pid"; then
             log "$impl $ifn exited at start:"; tail -5 "$out" >&2; return 1
         fi
-        if ip netns exec "$ns" wg show "$ifn" >/dev/null 2>&1; then
+        if "${ready[@]}" >/dev/null 2>&1; then
             STARTED_PID=$pid
             return 0
         fi
@@ -183,7 +200,7 @@ TUN_PIDS=() TUN_IFS=() TUN_NS=()
 # Brings up IMPL at both ends; sets SRC/DST (inner addresses) and TUN_*.
 # (errexit does not apply inside `up_path || ...`: every step is checked.)
 up_path() {
-    local impl=$1 ns ifn side port peer_port key peer_pub
+    local impl=$1 ns ifn side port peer_port key peer_pub self peer
     if [[ $impl == veth ]]; then
         SRC=192.0.2.1 DST=192.0.2.2
         return
@@ -191,17 +208,18 @@ up_path() {
     SRC=10.9.0.1 DST=10.9.0.2
     for side in a b; do
         if [[ $side == a ]]; then
-            ns=$NSA port=51820 peer_port=51821 key=$KEYA peer_pub=$PUBB
+            ns=$NSA port=51820 peer_port=51821 key=$KEYA peer_pub=$PUBB self=1 peer=2
         else
-            ns=$NSB port=51821 peer_port=51820 key=$KEYB peer_pub=$PUBA
+            ns=$NSB port=51821 peer_port=51820 key=$KEYB peer_pub=$PUBA self=2 peer=1
         fi
         ifn=sb${RID}${impl:0:1}$side
-        start_tunnel "$impl" "$ns" "$ifn" || return 1
+        start_tunnel "$impl" "$ns" "$ifn" "$port" "192.0.2.$peer:$peer_port" || return 1
         TUN_PIDS+=("$STARTED_PID") TUN_IFS+=("$ifn") TUN_NS+=("$ns")
-        ip netns exec "$ns" wg set "$ifn" private-key "$key" listen-port "$port" peer "$peer_pub" \
-            endpoint "192.0.2.$([[ $side == a ]] && echo 2 || echo 1):$peer_port" \
-            allowed-ips "10.9.0.$([[ $side == a ]] && echo 2 || echo 1)/32" || return 1
-        ip -n "$ns" addr add "10.9.0.$([[ $side == a ]] && echo 1 || echo 2)/24" dev "$ifn" || return 1
+        if [[ $impl != floor ]]; then
+            ip netns exec "$ns" wg set "$ifn" private-key "$key" listen-port "$port" peer "$peer_pub" \
+                endpoint "192.0.2.$peer:$peer_port" allowed-ips "10.9.0.$peer/32" || return 1
+        fi
+        ip -n "$ns" addr add "10.9.0.$self/24" dev "$ifn" || return 1
         ip -n "$ns" link set "$ifn" mtu 1420 up || return 1
     done
     # The first ping carries the handshake.
@@ -239,26 +257,37 @@ print(e["sum_received"]["bits_per_second"], e["sum_received"]["bytes"], e["sum_s
 # --- throughput, latency, CPU: round-robin ---------------------------------
 record() { echo -e "$1\t$2\t$3\t$4" >>"$RESULTS"; } # IMPL ROUND METRIC VALUE
 
+# Pings DST PING_COUNT times SPACING seconds apart; appends the times to
+# FILE and prints how many got no answer.
+ping_run() { # SPACING FILE
+    timeout 120 ip netns exec "$NSA" ping -n -i "$1" -c "$PING_COUNT" -W 1 -w 60 "$DST" >"$TMP/ping.txt" || true
+    sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' "$TMP/ping.txt" >>"$2"
+    echo $((PING_COUNT - $(grep -c 'time=' "$TMP/ping.txt" || true)))
+}
+
 measure() { # IMPL ROUND
     local impl=$1 round=$2 c0=0 c1 pid lost
     if ! up_path "$impl"; then down_path; return 0; fi
-    [[ $impl == veth ]] || c0=$(cpu_ticks "${TUN_PIDS[@]}")
-    iperf
-    if [[ $impl != veth ]]; then
-        c1=$(cpu_ticks "${TUN_PIDS[@]}")
-        record "$impl" "$round" cpu_s_per_gb \
-            "$(python3 -c "b=${IPERF[1]}; print(($c1-$c0)/$CLK_TCK/(b/1e9) if b else 'nan')")"
+    if [[ $impl != floor ]]; then
+        [[ $impl == veth ]] || c0=$(cpu_ticks "${TUN_PIDS[@]}")
+        iperf
+        if [[ $impl != veth ]]; then
+            c1=$(cpu_ticks "${TUN_PIDS[@]}")
+            record "$impl" "$round" cpu_s_per_gb \
+                "$(python3 -c "b=${IPERF[1]}; print(($c1-$c0)/$CLK_TCK/(b/1e9) if b else 'nan')")"
+        fi
+        record "$impl" "$round" tcp1_mbps "$(python3 -c "print(float('${IPERF[0]}')/1e6)")"
+        record "$impl" "$round" tcp1_retr "${IPERF[2]}"
+        iperf -P 4
+        record "$impl" "$round" tcp4_mbps "$(python3 -c "print(float('${IPERF[0]}')/1e6)")"
+        record "$impl" "$round" tcp4_retr "${IPERF[2]}"
     fi
-    record "$impl" "$round" tcp1_mbps "$(python3 -c "print(float('${IPERF[0]}')/1e6)")"
-    record "$impl" "$round" tcp1_retr "${IPERF[2]}"
-    iperf -P 4
-    record "$impl" "$round" tcp4_mbps "$(python3 -c "print(float('${IPERF[0]}')/1e6)")"
-    record "$impl" "$round" tcp4_retr "${IPERF[2]}"
-    timeout 120 ip netns exec "$NSA" ping -n -i 0.01 -c "$PING_COUNT" -W 1 -w 60 "$DST" >"$TMP/ping.txt" || true
-    sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' "$TMP/ping.txt" >>"$TMP/rtt-$impl.txt"
-    lost=$((PING_COUNT - $(grep -c 'time=' "$TMP/ping.txt" || true)))
+    lost=$(ping_run 0.01 "$TMP/rtt-$impl.txt")
+    lost=$((lost + $(ping_run "$WARM_SPACING" "$TMP/rtt-warm-$impl.txt")))
     record "$impl" "$round" ping_lost "$lost"
-    for pid in "${TUN_PIDS[@]}"; do record "$impl" "$round" hwm_kib "$(hwm_kib "$pid")"; done
+    if [[ $impl != floor ]]; then
+        for pid in "${TUN_PIDS[@]}"; do record "$impl" "$round" hwm_kib "$(hwm_kib "$pid")"; done
+    fi
     down_path
 }
 
@@ -295,7 +324,7 @@ measure_memory() { # IMPL
     stop_tunnel "$pid" "$NSA" "$ifn"
 }
 for impl in "${PATHS[@]}"; do
-    [[ $impl == veth ]] && continue
+    [[ $impl == veth || $impl == floor ]] && continue
     log "memory: $impl"
     measure_memory "$impl" || true
 done
@@ -316,7 +345,7 @@ CMD="BENCH_SECONDS=$SECONDS_PER_RUN BENCH_ROUNDS=$ROUNDS netns-tests/bench-tunne
 labels=$(for p in "${PATHS[@]}"; do printf '%s\t%s\n' "$p" "${LABEL[$p]}"; done)
 notes=$(for p in "${!NOTES[@]}"; do echo "${NOTES[$p]}"; done)
 CMD=$CMD LABELS=$labels NOTES=$notes TMPD=$TMP SECS=$SECONDS_PER_RUN ROUNDS=$ROUNDS \
-    PING_COUNT=$PING_COUNT MEM_PEERS=$MEM_PEERS KERNEL=$(uname -r) NPROC=$(nproc) \
+    PING_COUNT=$PING_COUNT WARM_SPACING=$WARM_SPACING MEM_PEERS=$MEM_PEERS KERNEL=$(uname -r) NPROC=$(nproc) \
     CPU=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1) DATE=$(date -u '+%Y-%m-%d %H:%M UTC') \
     python3 - "$RESULTS" >"$TMP/report.md" <<'EOF'
 import math, os, statistics as st, sys
@@ -341,9 +370,9 @@ def med(impl, metric):
     xs = [x for x in vals.get((impl, metric), []) if not math.isnan(x)]
     return st.median(xs) if xs else None
 
-def rtt(impl):
+def rtt(impl, spacing=""):
     try:
-        xs = sorted(float(x) * 1000 for x in open(f"{E['TMPD']}/rtt-{impl}.txt"))
+        xs = sorted(float(x) * 1000 for x in open(f"{E['TMPD']}/rtt-{spacing}{impl}.txt"))
     except FileNotFoundError:
         return None, None
     if not xs:
@@ -367,7 +396,8 @@ w("Two network namespaces joined by one veth pair (192.0.2.1 ↔ 192.0.2.2); eac
   "(MTU 1420) runs the same implementation at both ends and is configured only with `wg set`. "
   f"Paths measured round-robin, {E['ROUNDS']} rounds (order rotated each round), each path brought up fresh per round; "
   f"figures are medians over rounds. TCP: `iperf3 -t {E['SECS']}`, receiver figure. "
-  f"RTT: `ping -i 0.01 -c {E['PING_COUNT']}`, per-packet times of all rounds pooled. "
+  f"RTT: `ping -i 0.01 -c {E['PING_COUNT']}`, per-packet times of all rounds pooled "
+  f"(the latency table adds `ping -i {E['WARM_SPACING']}`). "
   "CPU: utime+stime of both tunnel processes during the single-stream run, per GB (10⁹ bytes) received.\n")
 for n in E["NOTES"].splitlines():
     w(f"- {n}")
@@ -387,8 +417,24 @@ for p in order:
       f"| {'n/a' if veth else f(med(p, 'cpu_s_per_gb'), '{:.1f}')} |")
 w("")
 
+wm, wp = rtt("veth", "warm-")
+w(f"Latency at two ping spacings. At 10 ms the virtual machine idles between pings and each one meets cold caches: "
+  f"even the bare veth takes {f(vm)} µs. At {float(E['WARM_SPACING']) * 1000:g} ms it stays busy and the veth takes {f(wm)} µs. "
+  "The floor row is two processes relaying packets between TUN and UDP with no encryption "
+  "(`netns-tests/src/bin/tun-relay.rs`): what any userspace tunnel pays on this machine.\n")
+w(f"| path | 10 ms: median − veth (µs) | p99 − veth (µs) | {E['WARM_SPACING']} s: median (µs) | median − veth (µs) | p99 − veth (µs) |")
+w("|---|---:|---:|---:|---:|---:|")
+for p in order:
+    if p == "veth":
+        continue
+    (m, q), (n, r) = rtt(p), rtt(p, "warm-")
+    diff = lambda a, b: None if a is None or b is None else a - b
+    w(f"| {label[p]} | {f(diff(m, vm), '{:+,.0f}')} | {f(diff(q, vp), '{:+,.0f}')} | {f(n)} "
+      f"| {f(diff(n, wm), '{:+,.0f}')} | {f(diff(r, wp), '{:+,.0f}')} |")
+w("")
+
 peers = E["MEM_PEERS"]
-tunnels = [p for p in order if p != "veth"]
+tunnels = [p for p in order if p not in ("veth", "floor")]
 w(f"Memory (VmRSS of one device; idle = configured with a key and up, no peers; then {peers} peers with random keys, "
   "an endpoint and a /32 each; peak = largest VmHWM of a tunnel process across the throughput runs):\n")
 w(f"| implementation | idle (MiB) | {peers} peers (MiB) | per peer (KiB) | peak under load (MiB) |")
