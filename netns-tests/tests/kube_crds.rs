@@ -1,7 +1,8 @@
 //! The CRDs Strait generates (`strait::broker::crd::all()`, the files in
 //! deploy/crds/) against a real kube-apiserver: they are accepted and
 //! served, objects of every kind can be created, watched, updated and
-//! deleted, and the schemas refuse a field of the wrong type.
+//! deleted, and the schemas refuse a field of the wrong type or out of
+//! range.
 
 use futures::StreamExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -16,8 +17,9 @@ use strait_netns_tests::kube::{create_namespace, install_crds, ApiServer};
 
 const NAMESPACE: &str = "crds";
 
-/// A valid object of each kind, and the same with one field of the
-/// wrong type, for the main resource or (`status: true`) for `/status`.
+/// A valid object of each kind, and the same with one field the schema
+/// refuses (of the wrong type, or beyond Submariner's limit), for the main
+/// resource or (`status: true`) for `/status`.
 struct Case {
     kind: &'static str,
     valid: Value,
@@ -54,8 +56,8 @@ fn cases() -> Vec<Case> {
         },
         Case {
             kind: "ClusterGlobalEgressIP",
-            valid: json!({ "spec": { "numberOfIPs": 8 } }),
-            wrong: json!({ "spec": { "numberOfIPs": "eight" } }),
+            valid: json!({ "spec": { "numGlobalIPs": 8 } }),
+            wrong: json!({ "spec": { "numGlobalIPs": 21 } }),
             status: false,
         },
         Case {
@@ -99,11 +101,14 @@ fn resource(kind: &str) -> (ApiResource, CustomResourceDefinition) {
     (resource, crd)
 }
 
-fn object(resource: &ApiResource, name: &str, body: &Value) -> Value {
+fn object(resource: &ApiResource, name: &str, namespaced: bool, body: &Value) -> Value {
     let mut object = body.clone();
     object["apiVersion"] = json!(resource.api_version);
     object["kind"] = json!(resource.kind);
-    object["metadata"] = json!({ "name": name, "namespace": NAMESPACE });
+    object["metadata"] = match namespaced {
+        true => json!({ "name": name, "namespace": NAMESPACE }),
+        false => json!({ "name": name }),
+    };
     object
 }
 
@@ -150,7 +155,11 @@ async fn every_kind_is_served_written_watched_and_type_checked() {
             .clone()
             .unwrap_or_default();
         assert!(!columns.is_empty(), "{}: no printer columns", case.kind);
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+        let namespaced = crd.spec.scope == "Namespaced";
+        let api: Api<DynamicObject> = match namespaced {
+            true => Api::namespaced_with(client.clone(), NAMESPACE, &resource),
+            false => Api::all_with(client.clone(), &resource),
+        };
         let name = format!("{}-1", case.kind.to_lowercase());
         // Watching from the list's version sees every change after it.
         let since = api
@@ -163,7 +172,7 @@ async fn every_kind_is_served_written_watched_and_type_checked() {
         let watch = tokio::spawn(watched(api.clone(), name.clone(), since, 3));
 
         let made: DynamicObject =
-            serde_json::from_value(object(&resource, &name, &case.valid)).unwrap();
+            serde_json::from_value(object(&resource, &name, namespaced, &case.valid)).unwrap();
         let created = api
             .create(&PostParams::default(), &made)
             .await
@@ -196,7 +205,8 @@ async fn every_kind_is_served_written_watched_and_type_checked() {
         let wrong_name = format!("{}-wrong", case.kind.to_lowercase());
         let refused = if case.status {
             let made: DynamicObject =
-                serde_json::from_value(object(&resource, &wrong_name, &case.valid)).unwrap();
+                serde_json::from_value(object(&resource, &wrong_name, namespaced, &case.valid))
+                    .unwrap();
             api.create(&PostParams::default(), &made).await.unwrap();
             api.patch_status(
                 &wrong_name,
@@ -207,7 +217,8 @@ async fn every_kind_is_served_written_watched_and_type_checked() {
             .err()
         } else {
             let wrong: DynamicObject =
-                serde_json::from_value(object(&resource, &wrong_name, &case.wrong)).unwrap();
+                serde_json::from_value(object(&resource, &wrong_name, namespaced, &case.wrong))
+                    .unwrap();
             api.create(&PostParams::default(), &wrong).await.err()
         };
         match refused {

@@ -1,8 +1,10 @@
-//! Globalnet's egress pools of selected pods in Kubernetes mode:
-//! Submariner's `GlobalEgressIP`, in a namespace, gives the pods of that
-//! namespace (or those its `podSelector` picks) a pool of `numberOfIPs`
-//! global addresses of their own. The allocation is written back to its
-//! status (`allocatedIPs`, an `Allocated` condition).
+//! Globalnet's egress pools in Kubernetes mode. Submariner's
+//! `GlobalEgressIP`, in a namespace, gives the pods of that namespace (or
+//! those its `podSelector` picks) a pool of `numberOfIPs` global addresses
+//! of their own; the cluster-scoped `ClusterGlobalEgressIP` named
+//! `cluster-egress.submariner.io` sizes the pool of every other pod
+//! (`numGlobalIPs`). Allocations are written back to their status
+//! (`allocatedIPs`, an `Allocated` condition).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -15,7 +17,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::broker::crd::SUBMARINER_GROUP;
-use crate::broker::globalnet_types::GlobalEgressIPSpec;
+use crate::broker::globalnet_types::{ClusterGlobalEgressIPSpec, GlobalEgressIPSpec};
 use crate::broker::kube::{Cache, Watched, FIELD_MANAGER};
 use crate::broker::types::LabelSelector;
 use crate::plan::globalnet::Pool;
@@ -26,6 +28,39 @@ fn global_egress_ip_resource() -> ApiResource {
         "globalegressips",
     )
 }
+
+fn cluster_egress_ip_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(SUBMARINER_GROUP, "v1", "ClusterGlobalEgressIP"),
+        "clusterglobalegressips",
+    )
+}
+
+/// The one `ClusterGlobalEgressIP` that counts, as in Submariner.
+pub const CLUSTER_EGRESS_NAME: &str = "cluster-egress.submariner.io";
+
+/// The cluster pool's size: what `cluster-egress.submariner.io` asks for,
+/// or all `reserved` addresses while it does not exist or asks for what
+/// cannot be had; and the `ClusterGlobalEgressIP`s refused, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterPoolRequest {
+    pub count: u32,
+    pub refused: BTreeMap<String, String>,
+}
+
+impl ClusterPoolRequest {
+    /// All `reserved` addresses, nothing refused.
+    pub fn all(reserved: u32) -> ClusterPoolRequest {
+        ClusterPoolRequest {
+            count: reserved,
+            refused: BTreeMap::new(),
+        }
+    }
+}
+
+/// Submariner's limit on `numberOfIPs` and `numGlobalIPs`, which its CRDs
+/// (and ours) enforce.
+pub const MAX_POOL: i64 = 20;
 
 fn pod_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "Pod"), "pods")
@@ -39,10 +74,11 @@ pub struct PoolRequest {
     pub sources: Vec<Ipv4Addr>,
 }
 
-/// The local cluster's GlobalEgressIPs and Pods, watched in every
-/// namespace.
+/// The local cluster's ClusterGlobalEgressIPs, and its GlobalEgressIPs and
+/// Pods in every namespace, watched.
 pub struct EgressIps {
     client: Client,
+    cluster: Watched,
     requests: Watched,
     pods: Watched,
 }
@@ -57,6 +93,7 @@ impl EgressIps {
             )
         };
         EgressIps {
+            cluster: watch(cluster_egress_ip_resource(), "clusterglobalegressips"),
             requests: watch(global_egress_ip_resource(), "globalegressips"),
             pods: watch(pod_resource(), "pods"),
             client,
@@ -70,6 +107,63 @@ impl EgressIps {
         local: &[IpNet],
     ) -> (BTreeMap<String, PoolRequest>, BTreeMap<String, String>) {
         requests_of(&self.requests.objects(), &self.pods.objects(), local)
+    }
+
+    /// The cluster pool's size, of at most `reserved` addresses.
+    pub fn cluster_pool(&self, reserved: u32) -> ClusterPoolRequest {
+        cluster_pool_of(&self.cluster.objects(), reserved)
+    }
+
+    /// Writes the cluster pool to `cluster-egress.submariner.io`'s status,
+    /// creating the object (asking for all `reserved` addresses) when there
+    /// is none, as Submariner does; and the refusals to theirs.
+    pub async fn report_cluster_pool(
+        &self,
+        pool: Pool,
+        reserved: u32,
+        refused: &BTreeMap<String, String>,
+    ) -> Result<(), kube::Error> {
+        let api: Api<DynamicObject> =
+            Api::all_with(self.client.clone(), &cluster_egress_ip_resource());
+        let exists = self.cluster.objects().contains_key(CLUSTER_EGRESS_NAME);
+        if !exists {
+            let object = json!({
+                "apiVersion": "submariner.io/v1",
+                "kind": "ClusterGlobalEgressIP",
+                "metadata": { "name": CLUSTER_EGRESS_NAME },
+                "spec": { "numGlobalIPs": reserved },
+            });
+            let params = PatchParams::apply(FIELD_MANAGER);
+            api.patch(CLUSTER_EGRESS_NAME, &params, &Patch::Apply(object))
+                .await?;
+        }
+        // A refused cluster-egress still shows the pool in use (all the
+        // reserved addresses); the other objects get nothing.
+        let in_use: Vec<String> = pool.addresses().map(|ip| ip.to_string()).collect();
+        let cluster_condition = match refused.get(CLUSTER_EGRESS_NAME) {
+            Some(reason) => condition(false, "Refused", reason),
+            None => condition(true, "Success", ""),
+        };
+        let outcomes = refused
+            .iter()
+            .filter(|(name, _)| name.as_str() != CLUSTER_EGRESS_NAME)
+            .map(|(name, reason)| {
+                (
+                    name.as_str(),
+                    Vec::new(),
+                    condition(false, "Refused", reason),
+                )
+            })
+            .chain(std::iter::once((
+                CLUSTER_EGRESS_NAME,
+                in_use,
+                cluster_condition,
+            )));
+        for (name, ips, condition) in outcomes {
+            let metadata = json!({ "name": name });
+            write_status(&api, "ClusterGlobalEgressIP", metadata, ips, condition).await?;
+        }
+        Ok(())
     }
 
     /// Writes each request's outcome to its status.
@@ -97,18 +191,32 @@ impl EgressIps {
             let (namespace, name) = key.split_once('/').unwrap_or(("default", key));
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), namespace, &global_egress_ip_resource());
-            let status = json!({
-                "apiVersion": "submariner.io/v1",
-                "kind": "GlobalEgressIP",
-                "metadata": { "name": name, "namespace": namespace },
-                "status": { "allocatedIPs": ips, "conditions": [condition] },
-            });
-            let params = PatchParams::apply(FIELD_MANAGER).force();
-            api.patch_status(name, &params, &Patch::Apply(status))
-                .await?;
+            let metadata = json!({ "name": name, "namespace": namespace });
+            write_status(&api, "GlobalEgressIP", metadata, ips, condition).await?;
         }
         Ok(())
     }
+}
+
+/// Applies the status of an egress pool: its addresses and one condition.
+async fn write_status(
+    api: &Api<DynamicObject>,
+    kind: &str,
+    metadata: serde_json::Value,
+    ips: Vec<String>,
+    condition: serde_json::Value,
+) -> Result<(), kube::Error> {
+    let name = metadata["name"].as_str().unwrap_or_default().to_string();
+    let status = json!({
+        "apiVersion": "submariner.io/v1",
+        "kind": kind,
+        "metadata": metadata,
+        "status": { "allocatedIPs": ips, "conditions": [condition] },
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&name, &params, &Patch::Apply(status))
+        .await?;
+    Ok(())
 }
 
 fn condition(ok: bool, reason: &str, message: &str) -> serde_json::Value {
@@ -119,6 +227,34 @@ fn condition(ok: bool, reason: &str, message: &str) -> serde_json::Value {
         "reason": reason,
         "message": message,
     })
+}
+
+fn cluster_pool_of(objects: &Cache, reserved: u32) -> ClusterPoolRequest {
+    let mut pool = ClusterPoolRequest::all(reserved);
+    for (name, object) in objects {
+        if name != CLUSTER_EGRESS_NAME {
+            let reason =
+                format!("only the ClusterGlobalEgressIP named {CLUSTER_EGRESS_NAME} is used");
+            pool.refused.insert(name.clone(), reason);
+            continue;
+        }
+        let spec = serde_json::from_value::<ClusterGlobalEgressIPSpec>(object.data["spec"].clone());
+        // Submariner's default when the field is left out.
+        match spec.map(|s| s.num_global_ips.unwrap_or(1)) {
+            Ok(n) if n >= 1 && n <= i64::from(reserved) => pool.count = n as u32,
+            Ok(n) => {
+                let reason = format!(
+                    "numGlobalIPs {n} is not between 1 and the {reserved} addresses \
+                     globalnet.egress_ips reserves for the cluster's pool"
+                );
+                pool.refused.insert(name.clone(), reason);
+            }
+            Err(e) => {
+                pool.refused.insert(name.clone(), format!("malformed: {e}"));
+            }
+        }
+    }
+    pool
 }
 
 fn requests_of(
@@ -149,8 +285,8 @@ fn request_of(
     let spec: GlobalEgressIPSpec = serde_json::from_value(object.data["spec"].clone())
         .map_err(|e| format!("malformed: {e}"))?;
     let count = match spec.number_of_ips.unwrap_or(1) {
-        n @ 1..=1024 => n as u32,
-        n => return Err(format!("numberOfIPs {n} is not between 1 and 1024")),
+        n @ 1..=MAX_POOL => n as u32,
+        n => return Err(format!("numberOfIPs {n} is not between 1 and {MAX_POOL}")),
     };
     let selector = spec.pod_selector.unwrap_or_default();
     if !selector.match_expressions.is_empty() {
@@ -249,5 +385,38 @@ mod tests {
         assert_eq!(wanted["shop/all"].sources.len(), 2);
         assert!(refused["shop/huge"].contains("numberOfIPs"));
         assert!(refused["shop/fancy"].contains("matchExpressions"));
+    }
+
+    #[test]
+    fn the_cluster_pool_follows_cluster_egress_within_the_reserved_addresses() {
+        let resource = cluster_egress_ip_resource();
+        let object = |name: &str, spec: serde_json::Value| {
+            let mut o = DynamicObject::new(name, &resource);
+            o.data = json!({ "spec": spec });
+            (name.to_string(), o)
+        };
+        let pool = |objects: Vec<(String, DynamicObject)>| {
+            cluster_pool_of(&objects.into_iter().collect(), 8)
+        };
+        // None yet: every reserved address.
+        assert_eq!(pool(vec![]).count, 8);
+        let asked = pool(vec![
+            object(CLUSTER_EGRESS_NAME, json!({ "numGlobalIPs": 3 })),
+            object("mine", json!({ "numGlobalIPs": 5 })),
+        ]);
+        assert_eq!(asked.count, 3);
+        assert!(asked.refused["mine"].contains(CLUSTER_EGRESS_NAME));
+        assert!(!asked.refused.contains_key(CLUSTER_EGRESS_NAME));
+        // Left out, the field means one address, as in Submariner.
+        assert_eq!(pool(vec![object(CLUSTER_EGRESS_NAME, json!({}))]).count, 1);
+        for spec in [
+            json!({ "numGlobalIPs": 9 }),
+            json!({ "numGlobalIPs": 0 }),
+            json!({ "numGlobalIPs": "two" }),
+        ] {
+            let refused = pool(vec![object(CLUSTER_EGRESS_NAME, spec.clone())]);
+            assert_eq!(refused.count, 8, "{spec}");
+            assert!(refused.refused.contains_key(CLUSTER_EGRESS_NAME), "{spec}");
+        }
     }
 }

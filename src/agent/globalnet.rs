@@ -16,7 +16,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use super::config::AgentConfig;
-use super::egress_ips::EgressIps;
+use super::egress_ips::{ClusterPoolRequest, EgressIps};
 use super::gateway::TUNNEL_IF;
 use super::service_exports::ServiceExports;
 use super::AgentError;
@@ -48,6 +48,9 @@ pub struct GlobalnetState {
     /// `GlobalEgressIP` → why it has no pool.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub egress_refused: BTreeMap<String, String>,
+    /// `ClusterGlobalEgressIP` → why it is not followed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_egress_refused: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,13 +148,24 @@ impl GlobalnetRole {
     /// the result; returns the rules for the node's nft table.
     pub async fn reconcile(&mut self) -> Result<GlobalnetNft, AgentError> {
         let local = &self.local_subnets;
-        let ((exports, mut refused), (requests, mut egress_refused)) = match &self.exports {
-            ExportSource::Dir(dir) => (read_exports(dir.as_deref(), local), Default::default()),
-            ExportSource::Kubernetes {
-                exports,
-                egress_ips,
-            } => (exports.current(local), egress_ips.current(local)),
-        };
+        let reserved = self.layout.egress;
+        let ((exports, mut refused), (requests, mut egress_refused), cluster_request) =
+            match &self.exports {
+                ExportSource::Dir(dir) => (
+                    read_exports(dir.as_deref(), local),
+                    Default::default(),
+                    ClusterPoolRequest::all(reserved),
+                ),
+                ExportSource::Kubernetes {
+                    exports,
+                    egress_ips,
+                } => (
+                    exports.current(local),
+                    egress_ips.current(local),
+                    egress_ips.cluster_pool(reserved),
+                ),
+            };
+        let cluster_pool = self.layout.cluster_pool(cluster_request.count);
         // Pools that keep their addresses are not for ingress IPs; new
         // pools are fitted around the ingress IPs.
         let kept_pools: BTreeSet<Ipv4Addr> = self
@@ -179,10 +193,9 @@ impl GlobalnetRole {
         );
         egress_refused.extend(no_room.into_iter().map(|(n, e)| (n, e.to_string())));
 
-        let (first, last) = self.layout.egress_pool();
         let state = GlobalnetState {
             global_cidr: Some(self.layout.cidr),
-            egress_ips: format!("{first}-{last}"),
+            egress_ips: format!("{}-{}", cluster_pool.first, cluster_pool.last()),
             health_check_ip: Some(self.layout.health_check_ip()),
             ingress: exports
                 .iter()
@@ -202,6 +215,7 @@ impl GlobalnetRole {
             refused,
             egress_pools: pools,
             egress_refused,
+            cluster_egress_refused: cluster_request.refused,
         };
         let gone: Vec<String> = self
             .state
@@ -215,7 +229,7 @@ impl GlobalnetRole {
             self.state = state;
             self.report_pending = true;
         }
-        self.report();
+        self.report(cluster_pool);
         if let (
             ExportSource::Kubernetes {
                 exports,
@@ -224,14 +238,17 @@ impl GlobalnetRole {
             true,
         ) = (&self.exports, self.report_pending)
         {
-            let written = match exports.report(&ingress, &self.state.refused, &gone).await {
-                Ok(()) => {
-                    egress_ips
-                        .report(&self.state.egress_pools, &self.state.egress_refused)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
+            let state = &self.state;
+            let written = async {
+                exports.report(&ingress, &state.refused, &gone).await?;
+                egress_ips
+                    .report(&state.egress_pools, &state.egress_refused)
+                    .await?;
+                egress_ips
+                    .report_cluster_pool(cluster_pool, reserved, &state.cluster_egress_refused)
+                    .await
+            }
+            .await;
             match written {
                 Ok(()) => self.report_pending = false,
                 Err(e) => {
@@ -255,7 +272,7 @@ impl GlobalnetRole {
             .collect();
         Ok(nft_rules(
             TUNNEL_IF,
-            &self.layout,
+            cluster_pool,
             &exports,
             &ingress,
             egress_pools,
@@ -263,7 +280,7 @@ impl GlobalnetRole {
     }
 
     /// Logs each refusal once while it lasts; sets the gauges.
-    fn report(&mut self) {
+    fn report(&mut self, cluster_pool: Pool) {
         let refusals: HashSet<(String, String)> = self
             .state
             .refused
@@ -293,7 +310,7 @@ impl GlobalnetRole {
             .set(f64::from(pooled));
         m.cluster_global_egress_ip_allocated
             .with_label_values(&labels)
-            .set(f64::from(self.layout.egress));
+            .set(f64::from(cluster_pool.count));
         m.global_ingress_ip_allocated
             .with_label_values(&labels)
             .set(ingress as f64);

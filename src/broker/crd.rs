@@ -31,6 +31,8 @@ struct Definition {
     columns: &'static [Column],
     /// Whether `status` is a subresource (written through `/status`).
     status_subresource: bool,
+    /// Whether its objects live outside namespaces.
+    cluster_scoped: bool,
     schema: fn() -> JSONSchemaProps,
 }
 
@@ -46,6 +48,7 @@ const DEFINITIONS: &[Definition] = &[
             ("Global CIDR", ".spec.global_cidr", "string"),
         ],
         status_subresource: false,
+        cluster_scoped: false,
         schema: schema_of::<Spec<ClusterSpec>>,
     },
     Definition {
@@ -61,6 +64,7 @@ const DEFINITIONS: &[Definition] = &[
             ("Subnets", ".spec.subnets", "string"),
         ],
         status_subresource: false,
+        cluster_scoped: false,
         schema: schema_of::<Spec<EndpointSpec>>,
     },
     // Submariner's Gateway has a status and no spec, and no status
@@ -76,6 +80,7 @@ const DEFINITIONS: &[Definition] = &[
             ("Failure", ".status.statusFailure", "string"),
         ],
         status_subresource: false,
+        cluster_scoped: false,
         schema: schema_of::<Status<GatewayStatus>>,
     },
     Definition {
@@ -84,10 +89,11 @@ const DEFINITIONS: &[Definition] = &[
         kind: "ClusterGlobalEgressIP",
         plural: "clusterglobalegressips",
         columns: &[
-            ("IPs", ".spec.numberOfIPs", "integer"),
+            ("IPs", ".spec.numGlobalIPs", "integer"),
             ("Allocated", ".status.allocatedIPs", "string"),
         ],
         status_subresource: true,
+        cluster_scoped: true,
         schema: schema_of::<ClusterGlobalEgressIPBody>,
     },
     Definition {
@@ -100,6 +106,7 @@ const DEFINITIONS: &[Definition] = &[
             ("Allocated", ".status.allocatedIPs", "string"),
         ],
         status_subresource: true,
+        cluster_scoped: false,
         schema: schema_of::<GlobalEgressIPBody>,
     },
     Definition {
@@ -113,6 +120,7 @@ const DEFINITIONS: &[Definition] = &[
             ("IP", ".status.allocatedIP", "string"),
         ],
         status_subresource: true,
+        cluster_scoped: false,
         schema: schema_of::<GlobalIngressIPBody>,
     },
     Definition {
@@ -122,6 +130,7 @@ const DEFINITIONS: &[Definition] = &[
         plural: "serviceexports",
         columns: &[],
         status_subresource: true,
+        cluster_scoped: false,
         schema: schema_of::<ServiceExportBody>,
     },
     Definition {
@@ -134,6 +143,7 @@ const DEFINITIONS: &[Definition] = &[
             ("IP", ".spec.ips", "string"),
         ],
         status_subresource: true,
+        cluster_scoped: false,
         schema: schema_of::<ServiceImportBody>,
     },
 ];
@@ -216,7 +226,12 @@ fn definition(d: &Definition) -> CustomResourceDefinition {
                 singular: Some(d.kind.to_lowercase()),
                 ..Default::default()
             },
-            scope: "Namespaced".into(),
+            scope: if d.cluster_scoped {
+                "Cluster"
+            } else {
+                "Namespaced"
+            }
+            .into(),
             versions: vec![CustomResourceDefinitionVersion {
                 name: d.version.into(),
                 served: true,

@@ -7,17 +7,20 @@ use serde::{Deserialize, Serialize};
 
 use super::types::{Condition, LabelSelector, SpecAndStatus};
 
-/// `ClusterGlobalEgressIP`: the pool every pod's cross-cluster traffic
-/// leaves from unless a `GlobalEgressIP` selects it.
+/// `ClusterGlobalEgressIP` (cluster-scoped, one per cluster): the pool
+/// every pod's cross-cluster traffic leaves from unless a `GlobalEgressIP`
+/// selects it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ClusterGlobalEgressIPSpec {
+    /// How many global addresses the pool has.
+    // Submariner names this field unlike `GlobalEgressIP`'s.
     #[serde(
-        rename = "numberOfIPs",
+        rename = "numGlobalIPs",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 0))]
-    pub number_of_ips: Option<i64>,
+    #[schemars(range(min = 0, max = 20))]
+    pub num_global_ips: Option<i64>,
 }
 
 /// `GlobalEgressIP`: a pool for the pods of a namespace, or those a
@@ -29,7 +32,7 @@ pub struct GlobalEgressIPSpec {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = 20))]
     pub number_of_ips: Option<i64>,
     #[serde(
         rename = "podSelector",

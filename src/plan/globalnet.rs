@@ -93,9 +93,13 @@ impl SliceLayout {
         Ipv4Addr::from(u32::from(self.cidr.network()) + 1 + n)
     }
 
-    /// The first and last address of the egress pool.
-    pub fn egress_pool(&self) -> (Ipv4Addr, Ipv4Addr) {
-        (self.nth_host(0), self.nth_host(self.egress - 1))
+    /// The cluster's egress pool: the first `count` of the addresses
+    /// reserved for it (at most all of them, at least one).
+    pub fn cluster_pool(&self, count: u32) -> Pool {
+        Pool {
+            first: self.nth_host(0),
+            count: count.clamp(1, self.egress),
+        }
     }
 
     pub fn health_check_ip(&self) -> Ipv4Addr {
@@ -303,12 +307,13 @@ fn free_run(layout: &SliceLayout, used: &BTreeSet<Ipv4Addr>, count: u32) -> Opti
     None
 }
 
-/// The gateway's translation rules: the egress pool and one DNAT per
-/// export port that has an ingress IP, for traffic out of `tunnel`. The
-/// entries of one export and port (a service's endpoints) share the rule.
+/// The gateway's translation rules: the cluster's egress pool, the pools
+/// of selected pods, and one DNAT per export port that has an ingress IP,
+/// for traffic out of `tunnel`. The entries of one export and port (a
+/// service's endpoints) share the rule.
 pub fn nft_rules(
     tunnel: &str,
-    layout: &SliceLayout,
+    cluster_pool: Pool,
     exports: &[Export],
     ingress: &BTreeMap<String, Ipv4Addr>,
     egress_pools: Vec<EgressPool>,
@@ -335,7 +340,7 @@ pub fn nft_rules(
     }
     GlobalnetNft {
         tunnel: tunnel.to_string(),
-        egress: layout.egress_pool(),
+        egress: (cluster_pool.first, cluster_pool.last()),
         egress_pools,
         ingress: rules.into_values().collect(),
     }
@@ -395,10 +400,15 @@ mod tests {
     #[test]
     fn the_slice_layout_puts_egress_first_and_the_health_check_last() {
         let layout = SliceLayout::new(net("242.3.0.0/16"), 8).unwrap();
+        let all = layout.cluster_pool(8);
         assert_eq!(
-            layout.egress_pool(),
-            ("242.3.0.1".parse().unwrap(), "242.3.0.8".parse().unwrap())
+            (all.first, all.last()),
+            (Ipv4Addr::new(242, 3, 0, 1), Ipv4Addr::new(242, 3, 0, 8))
         );
+        // A smaller pool is the start of the reserved addresses, a larger
+        // one is cut to them.
+        assert_eq!(layout.cluster_pool(2).last(), Ipv4Addr::new(242, 3, 0, 2));
+        assert_eq!(layout.cluster_pool(20), all);
         assert_eq!(layout.health_check_ip(), Ipv4Addr::new(242, 3, 255, 254));
         assert_eq!(layout.ingress_capacity(), 65_534 - 9);
         assert_eq!(layout.usage(2), (11, 65_534 - 11));
@@ -573,12 +583,15 @@ mod tests {
         let ingress = BTreeMap::from([("web".to_string(), Ipv4Addr::new(242, 1, 0, 9))]);
         let rules = nft_rules(
             "strait-wg",
-            &layout,
+            layout.cluster_pool(3),
             &[export("web"), export("refused")],
             &ingress,
             Vec::new(),
         );
-        assert_eq!(rules.egress, layout.egress_pool());
+        assert_eq!(
+            rules.egress,
+            (Ipv4Addr::new(242, 1, 0, 1), Ipv4Addr::new(242, 1, 0, 3))
+        );
         assert_eq!(rules.ingress.len(), 1);
         assert_eq!(rules.ingress[0].global_ip, Ipv4Addr::new(242, 1, 0, 9));
         assert_eq!(
