@@ -19,7 +19,6 @@ use tokio::sync::watch;
 use crate::broker::crd::SUBMARINER_GROUP;
 use crate::broker::globalnet_types::{ClusterGlobalEgressIPSpec, GlobalEgressIPSpec};
 use crate::broker::kube::{Cache, Watched, FIELD_MANAGER};
-use crate::broker::types::LabelSelector;
 use crate::plan::globalnet::Pool;
 
 fn global_egress_ip_resource() -> ApiResource {
@@ -289,14 +288,14 @@ fn request_of(
         n => return Err(format!("numberOfIPs {n} is not between 1 and {MAX_POOL}")),
     };
     let selector = spec.pod_selector.unwrap_or_default();
-    if !selector.match_expressions.is_empty() {
-        return Err("podSelector matchExpressions are not supported yet; use matchLabels".into());
-    }
+    selector
+        .validate()
+        .map_err(|e| format!("podSelector: {e}"))?;
     let namespace = object.metadata.namespace.as_deref().unwrap_or_default();
     let sources = pods
         .values()
         .filter(|pod| pod.metadata.namespace.as_deref() == Some(namespace))
-        .filter(|pod| selects(&selector, pod))
+        .filter(|pod| selector.matches(&pod.metadata.labels.clone().unwrap_or_default()))
         .filter_map(|pod| {
             pod.data["status"]["podIP"]
                 .as_str()?
@@ -306,16 +305,6 @@ fn request_of(
         .filter(|ip| local.iter().any(|n| n.contains(&IpAddr::V4(*ip))))
         .collect();
     Ok(PoolRequest { count, sources })
-}
-
-/// Whether every label of the selector is on the pod (an empty selector
-/// picks every pod).
-fn selects(selector: &LabelSelector, pod: &DynamicObject) -> bool {
-    let labels = pod.metadata.labels.clone().unwrap_or_default();
-    selector
-        .match_labels
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
 }
 
 #[cfg(test)]
@@ -369,7 +358,12 @@ mod tests {
             request("db", json!({ "numberOfIPs": 2, "podSelector": { "matchLabels": { "app": "db" } } })),
             request("all", json!({})),
             request("huge", json!({ "numberOfIPs": 100000 })),
-            request("fancy", json!({ "podSelector": { "matchExpressions": [{ "key": "app", "operator": "Exists" }] } })),
+            request("not-web", json!({ "podSelector": { "matchExpressions": [
+                { "key": "app", "operator": "Exists" },
+                { "key": "app", "operator": "NotIn", "values": ["web"] },
+            ] } })),
+            request("odd", json!({ "podSelector": { "matchExpressions": [{ "key": "app", "operator": "Near", "values": ["db"] }] } })),
+            request("bare-in", json!({ "podSelector": { "matchExpressions": [{ "key": "app", "operator": "In" }] } })),
         ]
         .into_iter()
         .collect();
@@ -384,7 +378,12 @@ mod tests {
         assert_eq!(wanted["shop/all"].count, 1);
         assert_eq!(wanted["shop/all"].sources.len(), 2);
         assert!(refused["shop/huge"].contains("numberOfIPs"));
-        assert!(refused["shop/fancy"].contains("matchExpressions"));
+        assert_eq!(wanted["shop/not-web"].sources, [Ipv4Addr::new(10, 1, 1, 2)]);
+        assert!(refused["shop/odd"].contains("Near"), "{refused:?}");
+        assert!(
+            refused["shop/bare-in"].contains("needs values"),
+            "{refused:?}"
+        );
     }
 
     #[test]

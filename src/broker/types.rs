@@ -267,6 +267,55 @@ pub struct LabelSelectorRequirement {
     pub values: Vec<String>,
 }
 
+impl LabelSelector {
+    /// Refuses what the API server's own selector parsing would: an
+    /// unknown operator, `In`/`NotIn` without values, `Exists`/
+    /// `DoesNotExist` with some.
+    pub fn validate(&self) -> Result<(), String> {
+        for r in &self.match_expressions {
+            let wants_values = match r.operator.as_str() {
+                "In" | "NotIn" => true,
+                "Exists" | "DoesNotExist" => false,
+                other => {
+                    return Err(format!(
+                        "unknown selector operator {other:?} (key {})",
+                        r.key
+                    ))
+                }
+            };
+            if wants_values == r.values.is_empty() {
+                return Err(format!(
+                    "selector operator {} on key {} {} values",
+                    r.operator,
+                    r.key,
+                    if wants_values { "needs" } else { "takes no" }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `labels` have every `matchLabels` pair and meet every
+    /// requirement (an empty selector matches everything). Call
+    /// [`LabelSelector::validate`] first: an unknown operator matches
+    /// nothing.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator.as_str() {
+                    "In" => value.is_some_and(|v| r.values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !r.values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
+}
+
 /// A body with a spec and, once a controller has seen it, a status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SpecAndStatus<S, T> {
@@ -310,6 +359,42 @@ fn trim(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_selectors_match_as_kubernetes_does() {
+        let selector: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": { "tier": "db" },
+            "matchExpressions": [
+                { "key": "zone", "operator": "In", "values": ["a", "b"] },
+                { "key": "canary", "operator": "DoesNotExist" },
+            ],
+        }))
+        .unwrap();
+        selector.validate().unwrap();
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(selector.matches(&labels(&[("tier", "db"), ("zone", "b")])));
+        assert!(!selector.matches(&labels(&[("tier", "db"), ("zone", "c")])));
+        assert!(!selector.matches(&labels(&[("tier", "db")])));
+        assert!(!selector.matches(&labels(&[("tier", "db"), ("zone", "a"), ("canary", "")])));
+        assert!(LabelSelector::default().matches(&labels(&[])));
+        let exists_with_values = LabelSelector {
+            match_expressions: vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: "Exists".into(),
+                values: vec!["a".into()],
+            }],
+            ..Default::default()
+        };
+        assert!(exists_with_values
+            .validate()
+            .unwrap_err()
+            .contains("takes no values"));
+    }
 
     #[test]
     fn endpoint_yaml_uses_submariner_field_names() {
