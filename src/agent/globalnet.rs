@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::config::AgentConfig;
 use super::egress_ips::{ClusterPoolRequest, EgressIps};
 use super::gateway::TUNNEL_IF;
-use super::service_exports::ServiceExports;
+use super::service_exports::{Exported, ServiceExports};
 use super::AgentError;
 use crate::broker::globalnet::claim_slice;
 use crate::metrics::Metrics;
@@ -57,6 +57,7 @@ pub struct GlobalnetState {
 pub struct IngressStatus {
     pub ip: Ipv4Addr,
     pub address: Ipv4Addr,
+    /// 0 for a pod of a headless service: every port.
     pub port: u16,
     pub protocol: Protocol,
 }
@@ -149,22 +150,33 @@ impl GlobalnetRole {
     pub async fn reconcile(&mut self) -> Result<GlobalnetNft, AgentError> {
         let local = &self.local_subnets;
         let reserved = self.layout.egress;
-        let ((exports, mut refused), (requests, mut egress_refused), cluster_request) =
-            match &self.exports {
-                ExportSource::Dir(dir) => (
-                    read_exports(dir.as_deref(), local),
+        let (exported, (requests, mut egress_refused), cluster_request) = match &self.exports {
+            ExportSource::Dir(dir) => {
+                let (exports, refused) = read_exports(dir.as_deref(), local);
+                (
+                    Exported {
+                        exports,
+                        pods: Vec::new(),
+                        refused,
+                    },
                     Default::default(),
                     ClusterPoolRequest::all(reserved),
-                ),
-                ExportSource::Kubernetes {
-                    exports,
-                    egress_ips,
-                } => (
-                    exports.current(local),
-                    egress_ips.current(local),
-                    egress_ips.cluster_pool(reserved),
-                ),
-            };
+                )
+            }
+            ExportSource::Kubernetes {
+                exports,
+                egress_ips,
+            } => (
+                exports.current(local),
+                egress_ips.current(local),
+                egress_ips.cluster_pool(reserved),
+            ),
+        };
+        let Exported {
+            exports,
+            pods,
+            mut refused,
+        } = exported;
         let cluster_pool = self.layout.cluster_pool(cluster_request.count);
         // Pools that keep their addresses are not for ingress IPs; new
         // pools are fitted around the ingress IPs.
@@ -175,7 +187,11 @@ impl GlobalnetRole {
             .filter(|(name, pool)| requests.get(*name).is_some_and(|r| r.count == pool.count))
             .flat_map(|(_, pool)| pool.addresses())
             .collect();
-        let wanted: BTreeSet<String> = exports.iter().map(|e| e.name.clone()).collect();
+        let wanted: BTreeSet<String> = exports
+            .iter()
+            .map(|e| e.name.clone())
+            .chain(pods.iter().map(|p| p.name.clone()))
+            .collect();
         let previous: BTreeMap<String, Ipv4Addr> = self
             .state
             .ingress
@@ -199,15 +215,18 @@ impl GlobalnetRole {
             health_check_ip: Some(self.layout.health_check_ip()),
             ingress: exports
                 .iter()
-                .filter_map(|e| {
-                    let ip = *ingress.get(&e.name)?;
+                .map(|e| (&e.name, e.address, e.port, e.protocol))
+                // A pod is reached on every port.
+                .chain(pods.iter().map(|p| (&p.name, p.address, 0, Protocol::Tcp)))
+                .filter_map(|(name, address, port, protocol)| {
+                    let ip = *ingress.get(name)?;
                     Some((
-                        e.name.clone(),
+                        name.clone(),
                         IngressStatus {
                             ip,
-                            address: e.address,
-                            port: e.port,
-                            protocol: e.protocol,
+                            address,
+                            port,
+                            protocol,
                         },
                     ))
                 })
@@ -240,7 +259,9 @@ impl GlobalnetRole {
         {
             let state = &self.state;
             let written = async {
-                exports.report(&ingress, &state.refused, &gone).await?;
+                exports
+                    .report(&ingress, &pods, &state.refused, &gone)
+                    .await?;
                 egress_ips
                     .report(&state.egress_pools, &state.egress_refused)
                     .await?;
@@ -274,6 +295,7 @@ impl GlobalnetRole {
             TUNNEL_IF,
             cluster_pool,
             &exports,
+            &pods,
             &ingress,
             egress_pools,
         ))

@@ -3,8 +3,10 @@
 //! ingress IP leads to the Service's ready endpoints (from its
 //! EndpointSlices), spread over them. Not to its ClusterIP: a connection
 //! gets one destination NAT, so after ours kube-proxy's (iptables or
-//! nftables mode) would never run. What became of each export is written
-//! back: a `GlobalIngressIP` (Submariner's) per exported service with its
+//! nftables mode) would never run. A headless Service has no address of
+//! its own: each of its ready pods gets a global IP instead, as in
+//! Submariner. What became of each export is written back: a
+//! `GlobalIngressIP` (Submariner's) per exported service or pod with its
 //! address, and a `Valid` condition on the `ServiceExport`.
 
 use std::collections::BTreeMap;
@@ -23,7 +25,7 @@ use crate::broker::crd::SUBMARINER_GROUP;
 use crate::broker::kube::{Cache, Watched, FIELD_MANAGER};
 use crate::broker::mcs;
 use crate::net::nft::Protocol;
-use crate::plan::globalnet::Export;
+use crate::plan::globalnet::{Export, ExportedPod};
 
 fn service_export_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -80,8 +82,9 @@ impl ServiceExports {
         }
     }
 
-    /// The exports as they stand, and the refused ones with the reason.
-    pub fn current(&self, local: &[IpNet]) -> (Vec<Export>, BTreeMap<String, String>) {
+    /// The exports and exported pods as they stand, and the refused
+    /// exports with the reason.
+    pub fn current(&self, local: &[IpNet]) -> Exported {
         exports_of(
             &self.exports.objects(),
             &self.services.objects(),
@@ -91,42 +94,44 @@ impl ServiceExports {
     }
 
     /// Writes what became of the exports: a `GlobalIngressIP` per export
-    /// with an address, none for the others (`gone`: exports that had
-    /// one), and each `ServiceExport`'s `Valid` condition.
+    /// or exported pod with an address, none for the others (`gone`: those
+    /// that had one), and each `ServiceExport`'s `Valid` condition.
     pub async fn report(
         &self,
         ingress: &BTreeMap<String, Ipv4Addr>,
+        pods: &[ExportedPod],
         refused: &BTreeMap<String, String>,
         gone: &[String],
     ) -> Result<(), kube::Error> {
-        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let pod_of: BTreeMap<&str, &ExportedPod> =
+            pods.iter().map(|p| (p.name.as_str(), p)).collect();
+        let mut pods_of_service: BTreeMap<&str, usize> = BTreeMap::new();
         for (key, ip) in ingress {
-            let (namespace, name) = split(key);
-            let api: Api<DynamicObject> = Api::namespaced_with(
-                self.client.clone(),
-                namespace,
-                &global_ingress_ip_resource(),
-            );
-            let object = json!({
-                "apiVersion": "submariner.io/v1",
-                "kind": "GlobalIngressIP",
-                "metadata": { "name": name, "namespace": namespace },
-                "spec": { "target": "ClusterIPService", "serviceRef": { "name": name } },
-            });
-            api.patch(name, &params, &Patch::Apply(object)).await?;
-            let status = json!({
-                "apiVersion": "submariner.io/v1",
-                "kind": "GlobalIngressIP",
-                "metadata": { "name": name, "namespace": namespace },
-                "status": {
-                    "allocatedIP": ip.to_string(),
-                    "conditions": [condition("Allocated", true, "Success", "")],
-                },
-            });
-            api.patch_status(name, &params, &Patch::Apply(status))
-                .await?;
-            self.set_valid(key, true, "Exported", &format!("global ingress IP {ip}"))
-                .await?;
+            let spec = match pod_of.get(key.as_str()) {
+                Some(pod) => {
+                    *pods_of_service.entry(pod.service.as_str()).or_default() += 1;
+                    let mut spec = json!({
+                        "target": "HeadlessServicePod",
+                        "serviceRef": { "name": split(&pod.service).1 },
+                    });
+                    if let Some(name) = &pod.pod {
+                        spec["podRef"] = json!({ "name": name });
+                    }
+                    spec
+                }
+                None => {
+                    json!({ "target": "ClusterIPService", "serviceRef": { "name": split(key).1 } })
+                }
+            };
+            self.write_global_ingress_ip(key, spec, *ip).await?;
+            if !pod_of.contains_key(key.as_str()) {
+                self.set_valid(key, true, "Exported", &format!("global ingress IP {ip}"))
+                    .await?;
+            }
+        }
+        for (service, count) in pods_of_service {
+            let message = format!("global ingress IPs for {count} pods of a headless service");
+            self.set_valid(service, true, "Exported", &message).await?;
         }
         for (key, reason) in refused {
             self.set_valid(key, false, "Refused", reason).await?;
@@ -144,6 +149,42 @@ impl ServiceExports {
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
+    }
+
+    /// Applies the `GlobalIngressIP` `key` with `spec` and `ip` in its
+    /// status.
+    async fn write_global_ingress_ip(
+        &self,
+        key: &str,
+        spec: serde_json::Value,
+        ip: Ipv4Addr,
+    ) -> Result<(), kube::Error> {
+        let (namespace, name) = split(key);
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &global_ingress_ip_resource(),
+        );
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let object = json!({
+            "apiVersion": "submariner.io/v1",
+            "kind": "GlobalIngressIP",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": spec,
+        });
+        api.patch(name, &params, &Patch::Apply(object)).await?;
+        let status = json!({
+            "apiVersion": "submariner.io/v1",
+            "kind": "GlobalIngressIP",
+            "metadata": { "name": name, "namespace": namespace },
+            "status": {
+                "allocatedIP": ip.to_string(),
+                "conditions": [condition("Allocated", true, "Success", "")],
+            },
+        });
+        api.patch_status(name, &params, &Patch::Apply(status))
+            .await?;
         Ok(())
     }
 
@@ -189,16 +230,26 @@ fn split(key: &str) -> (&str, &str) {
     key.split_once('/').unwrap_or(("default", key))
 }
 
-/// Every exported service's ports and ready endpoints as exports named
-/// `namespace/name`, or why the export is refused.
+/// What the local cluster exports.
+#[derive(Debug, Default)]
+pub struct Exported {
+    /// A Service's ports and ready endpoints, named `namespace/name`.
+    pub exports: Vec<Export>,
+    /// The ready pods of headless Services.
+    pub pods: Vec<ExportedPod>,
+    /// Export (`namespace/name`) → why it is refused.
+    pub refused: BTreeMap<String, String>,
+}
+
+/// Every exported service's ports and ready endpoints, or its pods for a
+/// headless one, or why the export is refused.
 fn exports_of(
     service_exports: &Cache,
     services: &Cache,
     endpoint_slices: &Cache,
     local: &[IpNet],
-) -> (Vec<Export>, BTreeMap<String, String>) {
-    let mut exports = Vec::new();
-    let mut refused = BTreeMap::new();
+) -> Exported {
+    let mut exported = Exported::default();
     for key in service_exports.keys() {
         let slices: Vec<EndpointSlice> = endpoint_slices
             .values()
@@ -214,13 +265,64 @@ fn exports_of(
             .filter_map(|s| typed(s).ok())
             .collect();
         match service_exports_of(key, services.get(key), &slices, local) {
-            Ok(found) => exports.extend(found),
+            Ok(Targets::Ports(found)) => exported.exports.extend(found),
+            Ok(Targets::Pods(found)) => exported.pods.extend(found),
             Err(reason) => {
-                refused.insert(key.clone(), reason);
+                exported.refused.insert(key.clone(), reason);
             }
         }
     }
-    (exports, refused)
+    exported
+}
+
+/// Where an exported Service's global address or addresses lead.
+enum Targets {
+    Ports(Vec<Export>),
+    Pods(Vec<ExportedPod>),
+}
+
+/// The ready endpoints of `slices` in this cluster, with the name of the
+/// pod behind each when the slice says.
+fn ready_endpoints<'a>(
+    slices: &'a [EndpointSlice],
+    local: &'a [IpNet],
+) -> impl Iterator<Item = (Ipv4Addr, Option<String>)> + 'a {
+    slices
+        .iter()
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| {
+            let pod = e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone());
+            e.addresses.iter().map(move |a| (a.clone(), pod.clone()))
+        })
+        .filter_map(|(a, pod)| Some((a.parse::<Ipv4Addr>().ok()?, pod)))
+        .filter(|(a, _)| local.iter().any(|n| n.contains(&IpAddr::V4(*a))))
+}
+
+/// A headless Service's ready pods, each with the name of the
+/// `GlobalIngressIP` Submariner would give it: `pod-<pod name>`.
+fn headless_pods(key: &str, slices: &[EndpointSlice], local: &[IpNet]) -> Vec<ExportedPod> {
+    let (namespace, _) = split(key);
+    let mut pods: Vec<ExportedPod> = ready_endpoints(slices, local)
+        .map(|(address, pod)| {
+            let id = pod
+                .clone()
+                .unwrap_or_else(|| address.to_string().replace('.', "-"));
+            ExportedPod {
+                name: format!("{namespace}/pod-{id}"),
+                address,
+                service: key.to_string(),
+                pod,
+            }
+        })
+        .collect();
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    pods.dedup_by(|a, b| a.name == b.name);
+    pods
 }
 
 fn typed<T: serde::de::DeserializeOwned>(object: &DynamicObject) -> Result<T, serde_json::Error> {
@@ -232,12 +334,16 @@ fn service_exports_of(
     service: Option<&DynamicObject>,
     slices: &[EndpointSlice],
     local: &[IpNet],
-) -> Result<Vec<Export>, String> {
+) -> Result<Targets, String> {
     let service = service.ok_or("its service does not exist")?;
     let service: Service = typed(service).map_err(|e| format!("its service is malformed: {e}"))?;
     let spec = service.spec.unwrap_or_default();
     if spec.cluster_ip.as_deref() == Some("None") {
-        return Err("headless services are not exported through globalnet yet".into());
+        let pods = headless_pods(key, slices, local);
+        if pods.is_empty() {
+            return Err("its headless service has no ready pods in this cluster".into());
+        }
+        return Ok(Targets::Pods(pods));
     }
     let ports = spec.ports.unwrap_or_default();
     if ports.is_empty() {
@@ -264,14 +370,8 @@ fn service_exports_of(
             else {
                 continue;
             };
-            let ready = slice
-                .endpoints
-                .iter()
-                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-                .flat_map(|e| &e.addresses)
-                .filter_map(|a| a.parse::<Ipv4Addr>().ok())
-                .filter(|a| local.iter().any(|n| n.contains(&IpAddr::V4(*a))));
-            exports.extend(ready.map(|address| Export {
+            let ready = ready_endpoints(std::slice::from_ref(slice), local);
+            exports.extend(ready.map(|(address, _)| Export {
                 name: key.to_string(),
                 address,
                 port: service_port,
@@ -283,7 +383,7 @@ fn service_exports_of(
     if exports.is_empty() {
         return Err("its service has no ready endpoints in this cluster".into());
     }
-    Ok(exports)
+    Ok(Targets::Ports(exports))
 }
 
 #[cfg(test)]
@@ -341,10 +441,18 @@ mod tests {
                     { "addresses": ["10.1.3.2"], "conditions": { "ready": false } },
                     { "addresses": ["192.0.2.7"] }] })),
             slice("idle", json!({ "addressType": "IPv4", "ports": [{ "port": 8080 }], "endpoints": [] })),
+            slice("headless", json!({ "addressType": "IPv4", "ports": [{ "port": 80 }], "endpoints": [
+                { "addresses": ["10.1.1.5"], "targetRef": { "kind": "Pod", "name": "db-0" } },
+                { "addresses": ["10.1.1.6"], "conditions": { "ready": false }, "targetRef": { "kind": "Pod", "name": "db-1" } },
+                { "addresses": ["10.1.1.7"] }] })),
         ]
         .into_iter()
         .collect();
-        let (found, refused) = exports_of(&exports, &services, &slices, &local);
+        let Exported {
+            exports: found,
+            pods,
+            refused,
+        } = exports_of(&exports, &services, &slices, &local);
         let targets: Vec<(u16, String)> = found
             .iter()
             .map(|e| (e.port, format!("{}:{}", e.address, e.target_port.unwrap())))
@@ -359,10 +467,21 @@ mod tests {
             ]
         );
         assert!(found.iter().all(|e| e.name == "shop/web"));
-        assert_eq!(refused.len(), 4, "{refused:?}");
+        assert_eq!(refused.len(), 3, "{refused:?}");
         assert!(refused["shop/gone"].contains("does not exist"));
         assert!(refused["shop/db"].contains("SCTP"));
-        assert!(refused["shop/headless"].contains("headless"));
         assert!(refused["shop/idle"].contains("no ready endpoints"));
+        // A headless service's ready pods, each on its own.
+        let pods: Vec<(&str, String, Option<&str>)> = pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.address.to_string(), p.pod.as_deref()))
+            .collect();
+        assert_eq!(
+            pods,
+            [
+                ("shop/pod-10-1-1-7", "10.1.1.7".to_string(), None),
+                ("shop/pod-db-0", "10.1.1.5".to_string(), Some("db-0")),
+            ]
+        );
     }
 }

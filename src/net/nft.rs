@@ -95,6 +95,20 @@ pub struct GlobalnetNft {
     /// Pools of selected pods, ahead of the cluster's pool.
     pub egress_pools: Vec<EgressPool>,
     pub ingress: Vec<IngressRule>,
+    /// Pods with a global address of their own (a headless service's),
+    /// ahead of every pool.
+    pub pods: Vec<PodTranslation>,
+}
+
+/// A pod and its global address, both ways: traffic to `global_ip` out
+/// of the tunnel goes to `address` (every port), and the pod's traffic to
+/// remote clusters leaves from `global_ip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTranslation {
+    /// `namespace/name` of its `GlobalIngressIP`: the rules' comment.
+    pub name: String,
+    pub global_ip: Ipv4Addr,
+    pub address: Ipv4Addr,
 }
 
 /// Traffic from `sources` to remote clusters leaves from `first..=last`.
@@ -194,6 +208,15 @@ fn render_body(plan: &NftPlan) -> String {
     use rule::*;
     let mut postrouting = Vec::new();
     if let Some(globalnet) = &plan.globalnet {
+        for pod in &globalnet.pods {
+            postrouting.push((
+                format!(
+                    "ip saddr {} ip daddr @remote4 counter snat ip to {}",
+                    pod.address, pod.global_ip
+                ),
+                format!("{GLOBALNET_EGRESS} {}", pod.name),
+            ));
+        }
         for pool in globalnet
             .egress_pools
             .iter()
@@ -270,6 +293,15 @@ fn render_body(plan: &NftPlan) -> String {
                     format!("{GLOBALNET_INGRESS} {}", r.name),
                 )
             })
+            .chain(globalnet.pods.iter().map(|pod| {
+                (
+                    format!(
+                        "iifname \"{}\" ip daddr {} counter dnat ip to {}",
+                        globalnet.tunnel, pod.global_ip, pod.address
+                    ),
+                    format!("{GLOBALNET_INGRESS} {}", pod.name),
+                )
+            }))
             .collect();
         chain(
             &mut out,
@@ -872,6 +904,7 @@ mod tests {
                         targets: vec!["10.1.1.2:7777".parse().unwrap()],
                     })
                     .collect(),
+                pods: Vec::new(),
             }),
         }
     }
@@ -929,6 +962,37 @@ mod tests {
             !script.contains("shop/idle"),
             "a pool without pods has no rule"
         );
+    }
+
+    #[test]
+    fn a_headless_services_pod_is_translated_both_ways_ahead_of_every_pool() {
+        let mut plan = globalnet_plan(&[]);
+        let globalnet = plan.globalnet.as_mut().unwrap();
+        globalnet.pods = vec![PodTranslation {
+            name: "shop/pod-db-0".into(),
+            global_ip: "242.0.0.12".parse().unwrap(),
+            address: "10.1.1.2".parse().unwrap(),
+        }];
+        globalnet.egress_pools = vec![EgressPool {
+            name: "shop/db".into(),
+            sources: vec!["10.1.1.2".parse().unwrap()],
+            first: "242.0.0.9".parse().unwrap(),
+            last: "242.0.0.9".parse().unwrap(),
+        }];
+        let script = render(&plan);
+        let l = lines(&script);
+        assert!(l.contains(
+            &"iifname \"strait-wg\" ip daddr 242.0.0.12 counter dnat ip to 10.1.1.2 comment \"globalnet ingress shop/pod-db-0\""
+        ), "{script}");
+        let pod = l
+            .iter()
+            .position(|r| *r == "ip saddr 10.1.1.2 ip daddr @remote4 counter snat ip to 242.0.0.12 comment \"globalnet egress shop/pod-db-0\"")
+            .unwrap_or_else(|| panic!("no pod SNAT in\n{script}"));
+        let pool = l
+            .iter()
+            .position(|r| r.ends_with("comment \"globalnet egress shop/db\""))
+            .unwrap();
+        assert!(pod < pool, "{script}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::{Deserialize, Serialize};
 
 use crate::broker::types::is_dns_label;
-use crate::net::nft::{EgressPool, GlobalnetNft, IngressRule, Protocol};
+use crate::net::nft::{EgressPool, GlobalnetNft, IngressRule, PodTranslation, Protocol};
 
 /// Submariner's default global range and slice size.
 pub const DEFAULT_RANGE: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(242, 0, 0, 0), 8);
@@ -149,6 +149,20 @@ pub struct Export {
     /// Service's `targetPort`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_port: Option<u16>,
+}
+
+/// A pod of an exported headless service: it gets an ingress IP of its
+/// own, which leads to it on every port and which its own traffic to
+/// remote clusters leaves from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedPod {
+    /// `namespace/name` of its `GlobalIngressIP`.
+    pub name: String,
+    pub address: Ipv4Addr,
+    /// The export (`namespace/name`) it belongs to.
+    pub service: String,
+    /// The pod's name, when its endpoint says.
+    pub pod: Option<String>,
 }
 
 /// Parses the export file `<stem>.yaml` and checks that its target is an
@@ -308,13 +322,15 @@ fn free_run(layout: &SliceLayout, used: &BTreeSet<Ipv4Addr>, count: u32) -> Opti
 }
 
 /// The gateway's translation rules: the cluster's egress pool, the pools
-/// of selected pods, and one DNAT per export port that has an ingress IP,
-/// for traffic out of `tunnel`. The entries of one export and port (a
-/// service's endpoints) share the rule.
+/// of selected pods, one DNAT per export port that has an ingress IP, for
+/// traffic out of `tunnel`, and both ways for each exported pod that has
+/// one. The entries of one export and port (a service's endpoints) share
+/// the rule.
 pub fn nft_rules(
     tunnel: &str,
     cluster_pool: Pool,
     exports: &[Export],
+    pods: &[ExportedPod],
     ingress: &BTreeMap<String, Ipv4Addr>,
     egress_pools: Vec<EgressPool>,
 ) -> GlobalnetNft {
@@ -343,6 +359,16 @@ pub fn nft_rules(
         egress: (cluster_pool.first, cluster_pool.last()),
         egress_pools,
         ingress: rules.into_values().collect(),
+        pods: pods
+            .iter()
+            .filter_map(|pod| {
+                Some(PodTranslation {
+                    name: pod.name.clone(),
+                    global_ip: *ingress.get(&pod.name)?,
+                    address: pod.address,
+                })
+            })
+            .collect(),
     }
 }
 
@@ -585,6 +611,7 @@ mod tests {
             "strait-wg",
             layout.cluster_pool(3),
             &[export("web"), export("refused")],
+            &[],
             &ingress,
             Vec::new(),
         );
