@@ -260,6 +260,8 @@ struct Launch {
     log_json: bool,
     detach: bool,
     journal: Journal,
+    /// More environment of the agent (see [`Node::set_agent_env`]).
+    env: Vec<(String, String)>,
 }
 
 /// A set of simulated clusters sharing one directory broker and one WAN.
@@ -421,6 +423,7 @@ impl ClusterSet {
                     log_json: self.options.log_json,
                     detach: self.options.detach,
                     journal: self.journal.clone(),
+                    env: Vec::new(),
                 },
             };
             node.ns.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
@@ -796,18 +799,28 @@ impl Node {
         if self.launch.log_json {
             args.extend(["--log-format", "json"]);
         }
-        let process = spawn(
-            &self.ns,
-            &args,
-            &[("RUST_LOG", &self.launch.rust_log), ("NO_COLOR", "1")],
-            &self.log_path,
-            self.launch.detach,
+        let mut env = vec![
+            ("RUST_LOG", self.launch.rust_log.as_str()),
+            ("NO_COLOR", "1"),
+        ];
+        env.extend(
+            self.launch
+                .env
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
         );
+        let process = spawn(&self.ns, &args, &env, &self.log_path, self.launch.detach);
         self.launch.journal.process(
             &process,
             &format!("agent {}/{}", self.cluster_id, self.name),
         );
         self.agent = Some(process);
+    }
+
+    /// Environment variables the agent gets from its next start on, as a
+    /// DaemonSet's `env` gives them (`NODE_NAME`, say).
+    pub fn set_agent_env(&mut self, env: Vec<(String, String)>) {
+        self.launch.env = env;
     }
 
     /// SIGTERM, up to five seconds, then SIGKILL. Returns whether it

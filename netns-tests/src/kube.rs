@@ -35,12 +35,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ::kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use ::kube::core::{ApiResource, GroupVersionKind};
+use ::kube::Client;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use k8s_openapi::api::core::v1::Pod;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
+
+use crate::cluster::ECHO_PORT;
+use crate::globalnet::probe_counts;
+use crate::wait_until;
 
 /// The Kubernetes release `tests/kube/build-binaries.sh` builds.
 pub const K8S_VERSION: &str = "v1.34.4";
@@ -851,4 +859,516 @@ pub async fn create_namespace(client: &::kube::Client, name: &str) {
         .create(&PostParams::default(), &namespace)
         .await
         .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+}
+
+/// The broker namespace (`strait deploy-broker`'s default, Submariner's).
+pub const BROKER_NAMESPACE: &str = "submariner-k8s-broker";
+/// Strait's namespace in each cluster (`strait join`'s default): the
+/// gateway Lease and the Gateway objects.
+pub const STRAIT_NAMESPACE: &str = "strait";
+/// The broker API server's address on the WAN bridge of a [`KubeSet`].
+pub const BROKER_IP: &str = "198.51.100.250";
+
+/// A `submariner.io/v1` kind.
+pub fn submariner_resource(kind: &str, plural: &str) -> ::kube::core::ApiResource {
+    use ::kube::core::{ApiResource, GroupVersionKind};
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("submariner.io", "v1", kind), plural)
+}
+
+/// The objects of a kind in a namespace; none while the server is away.
+pub async fn list(
+    client: ::kube::Client,
+    namespace: &str,
+    resource: ::kube::core::ApiResource,
+) -> Vec<::kube::api::DynamicObject> {
+    ::kube::Api::<::kube::api::DynamicObject>::namespaced_with(client, namespace, &resource)
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+}
+
+/// A client; made inside the runtime that will drive it.
+pub fn client_of(config: ::kube::Config) -> ::kube::Client {
+    ::kube::Client::try_from(config).expect("building a kube client")
+}
+
+/// What a node's kubelet (and a cloud's node controller) registers of
+/// it: the LAN address as InternalIP, the WAN address of a
+/// gateway-capable node as ExternalIP, its pod subnet as podCIDR, and the
+/// gateway label on gateway-capable nodes.
+fn node_object(node: &crate::cluster::Node) -> k8s_openapi::api::core::v1::Node {
+    use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus};
+    let mut labels = std::collections::BTreeMap::new();
+    if node.gateway {
+        labels.insert("submariner.io/gateway".to_string(), "true".to_string());
+    }
+    let address = |type_: &str, ip: Ipv4Addr| NodeAddress {
+        type_: type_.into(),
+        address: ip.to_string(),
+    };
+    let mut addresses = vec![address("InternalIP", node.lan_ip)];
+    addresses.extend(node.wan_ip.map(|ip| address("ExternalIP", ip)));
+    Node {
+        metadata: ::kube::api::ObjectMeta {
+            name: Some(node.name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: Some(node.pod_subnet.clone()),
+            pod_cidrs: Some(vec![node.pod_subnet.clone()]),
+            ..Default::default()
+        }),
+        status: Some(NodeStatus {
+            addresses: Some(addresses),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Creates the Node object, then sets its status (which a create ignores).
+async fn register_node(client: ::kube::Client, node: k8s_openapi::api::core::v1::Node) {
+    use ::kube::api::{Api, Patch, PatchParams, PostParams};
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap_or_else(|e| panic!("creating Node {name}: {e}"));
+    let status = k8s_openapi::api::core::v1::Node {
+        status: node.status,
+        ..Default::default()
+    };
+    nodes
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap_or_else(|e| panic!("setting the status of Node {name}: {e}"));
+}
+
+/// A cluster set whose clusters and broker are real API servers: the
+/// broker's on the WAN ([`BROKER_IP`]), each cluster's in its LAN
+/// namespace (`172.16.k.250`, its service range the cluster's service
+/// CIDR), holding the cluster's nodes as Node objects. Fields drop in
+/// order: the API servers before the namespaces they run in.
+pub struct KubeSet {
+    pub locals: std::collections::BTreeMap<String, ApiServer>,
+    pub broker: ApiServer,
+    pub set: crate::cluster::ClusterSet,
+}
+
+impl KubeSet {
+    /// Builds the clusters, starts the broker's API server and one per
+    /// cluster and registers the nodes. Nothing else: no CRD, no
+    /// namespace, no agent started.
+    pub fn build(specs: &[crate::cluster::ClusterSpec], options: crate::Options) -> KubeSet {
+        let mut set = crate::cluster::ClusterSet::empty(options);
+        for spec in specs {
+            set.add_cluster(spec.clone());
+        }
+        let wan = set.wan();
+        wan.ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{BROKER_IP}/24"),
+            "dev",
+            "br0",
+        ]);
+        let broker = ApiServer::start_with(
+            ApiServerOptions::default()
+                .tag("broker")
+                .in_netns(wan.name(), BROKER_IP.parse().expect("an address")),
+        );
+        let mut locals = std::collections::BTreeMap::new();
+        for spec in specs {
+            let cluster = set.cluster(&spec.id);
+            let api_ip = format!("172.16.{}.250", spec.index);
+            cluster
+                .lan()
+                .ok(&["ip", "addr", "add", &format!("{api_ip}/24"), "dev", "br0"]);
+            let mut opts = ApiServerOptions::default()
+                .tag(&spec.id)
+                .in_netns(cluster.lan().name(), api_ip.parse().expect("an address"));
+            opts.service_cidr = spec.service_cidr.clone();
+            let local = ApiServer::start_with(opts);
+            let config = local.admin_config();
+            let nodes: Vec<_> = cluster.nodes.iter().map(node_object).collect();
+            block_on_in_netns(cluster.lan().name(), move || async move {
+                let client = client_of(config);
+                for node in nodes {
+                    register_node(client.clone(), node).await;
+                }
+            });
+            locals.insert(spec.id.clone(), local);
+        }
+        KubeSet {
+            locals,
+            broker,
+            set,
+        }
+    }
+
+    /// Runs `f` with an admin client of cluster `id`'s API server.
+    pub fn local<T: Send + 'static, Fut: std::future::Future<Output = T>>(
+        &self,
+        id: &str,
+        f: impl FnOnce(::kube::Client) -> Fut + Send + 'static,
+    ) -> T {
+        let config = self.locals[id].admin_config();
+        block_on_in_netns(self.set.cluster(id).lan().name(), move || async move {
+            f(client_of(config)).await
+        })
+    }
+
+    /// Runs `f` with an admin client of the broker's API server.
+    pub fn on_broker<T: Send + 'static, Fut: std::future::Future<Output = T>>(
+        &self,
+        f: impl FnOnce(::kube::Client) -> Fut + Send + 'static,
+    ) -> T {
+        let config = self.broker.admin_config();
+        block_on_in_netns(self.set.wan().name(), move || async move {
+            f(client_of(config)).await
+        })
+    }
+
+    /// Cluster `id`'s Gateway objects: (node name, haStatus, connected
+    /// remote clusters).
+    pub fn gateways(&self, id: &str) -> Vec<(String, String, Vec<String>)> {
+        self.local(id, |client| async move {
+            list(
+                client,
+                STRAIT_NAMESPACE,
+                submariner_resource("Gateway", "gateways"),
+            )
+            .await
+            .into_iter()
+            .map(|g| {
+                let status = &g.data["status"];
+                let connected = status["connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["status"] == "connected")
+                    .filter_map(|c| c["endpoint"]["cluster_id"].as_str())
+                    .map(String::from)
+                    .collect();
+                (
+                    status["localEndpoint"]["hostname"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    status["haStatus"].as_str().unwrap_or_default().to_string(),
+                    connected,
+                )
+            })
+            .collect()
+        })
+    }
+
+    /// The node whose Gateway says `active`, once exactly one does and it
+    /// is connected to every cluster in `remotes`.
+    pub fn wait_active_connected(&self, id: &str, remotes: &[&str], limit: Duration) -> String {
+        let mut active = String::new();
+        crate::wait_until(
+            &format!("one active gateway of {id} connected to {remotes:?}"),
+            limit,
+            || {
+                let gateways = self.gateways(id);
+                let actives: Vec<_> = gateways.iter().filter(|g| g.1 == "active").collect();
+                match actives.as_slice() {
+                    [one] if remotes.iter().all(|r| one.2.iter().any(|c| c == r)) => {
+                        active = one.0.clone();
+                        true
+                    }
+                    _ => false,
+                }
+            },
+        );
+        active
+    }
+
+    /// The holder of cluster `id`'s gateway Lease, if any.
+    pub fn lease_holder(&self, id: &str) -> Option<String> {
+        use k8s_openapi::api::coordination::v1::Lease;
+        self.local(id, |client| async move {
+            ::kube::Api::<Lease>::namespaced(client, STRAIT_NAMESPACE)
+                .get("strait-gateway")
+                .await
+                .ok()
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity)
+                .filter(|h| !h.is_empty())
+        })
+    }
+
+    /// Cluster `id`'s Endpoint objects in the broker namespace.
+    pub fn broker_endpoint_objects(&self, id: &str) -> Vec<::kube::api::DynamicObject> {
+        let id = id.to_string();
+        self.on_broker(move |client| async move {
+            list(
+                client,
+                BROKER_NAMESPACE,
+                submariner_resource("Endpoint", "endpoints"),
+            )
+            .await
+            .into_iter()
+            .filter(|e| e.data["spec"]["cluster_id"] == id.as_str())
+            .collect()
+        })
+    }
+
+    /// The names of cluster `id`'s Endpoint objects in the broker.
+    pub fn broker_endpoints(&self, id: &str) -> Vec<String> {
+        self.broker_endpoint_objects(id)
+            .into_iter()
+            .filter_map(|e| e.metadata.name)
+            .collect()
+    }
+}
+
+impl KubeSet {
+    /// Globalnet between clusters `east` and `west` of the same CIDRs
+    /// (global CIDRs 242.0.0.0/16 and 242.1.0.0/16), their agents running
+    /// with an echo server in every pod: one active gateway each, west's
+    /// `ServiceExport` of its pod gets a `GlobalIngressIP` and a `Valid`
+    /// condition (an export of a missing Service is refused), a
+    /// `GlobalEgressIP` in east gets its pool, and east's pod reaches
+    /// west's through the ingress IP while west sees only that pool.
+    pub fn check_globalnet_exports(&self, limit: Duration) {
+        self.wait_active_connected("east", &["west"], limit);
+        self.wait_active_connected("west", &["east"], limit);
+        let east_pod = self.set.cluster("east").pod(0);
+        let west_pod = self.set.cluster("west").pod(0);
+        assert_eq!(
+            east_pod.ip, west_pod.ip,
+            "the clusters' pods share an address"
+        );
+
+        let west_ip = west_pod.ip;
+        self.local("west", move |client| async move {
+            create_namespace(&client, "shop").await;
+            serve(client.clone(), "echo", west_ip, ECHO_PORT, true).await;
+            // An export whose service does not exist.
+            export(client, "missing").await;
+        });
+        let mut at = None;
+        wait_until("a global ingress IP for shop/echo", limit, || {
+            at = self.local("west", |c| export_state(c, "echo".into())).0;
+            at.is_some()
+        });
+        let at = at.unwrap();
+        assert!(
+            at.octets()[..2] == [242, 1],
+            "{at} is not in west's global CIDR"
+        );
+        let (ip, valid) = self.local("west", |c| export_state(c, "echo".into()));
+        assert_eq!(ip, Some(at));
+        assert_eq!(valid.map(|v| v.0).as_deref(), Some("True"));
+        wait_until("the missing service's export to be refused", limit, || {
+            let (ip, valid) = self.local("west", |c| export_state(c, "missing".into()));
+            ip.is_none()
+                && valid.is_some_and(|(status, message)| {
+                    status == "False" && message.contains("does not exist")
+                })
+        });
+
+        // East's pod gets a pool of its own (a GlobalEgressIP selecting it),
+        // and west's server sees only that pool.
+        let east_ip = east_pod.ip;
+        self.local("east", move |client| async move {
+            create_namespace(&client, "shop").await;
+            register_pod(client.clone(), "client", east_ip).await;
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                client,
+                "shop",
+                &submariner_resource("GlobalEgressIP", "globalegressips"),
+            );
+            let request = k8s_openapi::serde_json::json!({
+                "apiVersion": "submariner.io/v1", "kind": "GlobalEgressIP",
+                "metadata": { "name": "client", "namespace": "shop" },
+                "spec": { "numberOfIPs": 2, "podSelector": { "matchLabels": { "app": "client" } } },
+            });
+            api.patch(
+                "client",
+                &PatchParams::apply("strait-netns-tests").force(),
+                &Patch::Apply(request),
+            )
+            .await
+            .unwrap();
+        });
+        let mut pool = Vec::new();
+        wait_until("east's GlobalEgressIP to get its addresses", limit, || {
+            pool = self.local("east", |client| async move {
+                Api::<DynamicObject>::namespaced_with(
+                    client,
+                    "shop",
+                    &submariner_resource("GlobalEgressIP", "globalegressips"),
+                )
+                .get_opt("client")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|o| o.data["status"]["allocatedIPs"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|ip| ip.as_str().map(String::from))
+                .collect::<Vec<String>>()
+            });
+            pool.len() == 2
+        });
+        assert!(pool.iter().all(|ip| ip.starts_with("242.0.")), "{pool:?}");
+        let range = format!("{}-{}", pool[0], pool[1]);
+        west_pod.ns.nft(&format!(
+            "table ip gn-seen {{ chain input {{ type filter hook input priority 0; policy accept;
+                    tcp dport {ECHO_PORT} ip saddr {range} counter comment \"from the pod's pool\"
+                    tcp dport {ECHO_PORT} ip saddr != {range} counter comment \"from elsewhere\"
+                }}
+                }}"
+        ));
+
+        // East's pod reaches west's through the ingress IP; the echo says
+        // which pod answered, byte for byte.
+        wait_until("east to reach west's export", limit, || {
+            east_pod
+                .tcp_request_at(west_pod, at, 1024, &["--timeout", "2"])
+                .is_ok()
+        });
+        let report = east_pod
+            .tcp_request_at(west_pod, at, 256 * 1024, &[])
+            .unwrap_or_else(|e| panic!("a request through globalnet failed: {e}"));
+        println!("GLOBALNET: {report}");
+        let seen = probe_counts(&west_pod.ns, "gn-seen");
+        assert!(seen["from the pod's pool"] > 0, "{seen:?}");
+        assert_eq!(seen["from elsewhere"], 0, "{seen:?}");
+    }
+}
+
+/// Creates, in namespace `shop` of a cluster's API, Service `name` on
+/// `port` with one ready endpoint `pod:port` (what the endpoints
+/// controller would write) and, with `exported`, its ServiceExport.
+pub async fn serve(client: Client, name: &str, pod: Ipv4Addr, port: u16, exported: bool) {
+    let apply = |resource: ApiResource, object: k8s_openapi::serde_json::Value| {
+        let client = client.clone();
+        async move {
+            let name = object["metadata"]["name"].as_str().unwrap().to_string();
+            let api: Api<DynamicObject> = Api::namespaced_with(client, "shop", &resource);
+            api.patch(
+                &name,
+                &PatchParams::apply("strait-netns-tests").force(),
+                &Patch::Apply(object),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+        }
+    };
+    let gvk = |group: &str, version: &str, kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+    };
+    apply(
+        gvk("", "v1", "Service", "services"),
+        k8s_openapi::serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": name, "namespace": "shop" },
+            "spec": { "ports": [{ "name": "echo", "port": port, "targetPort": port }] },
+        }),
+    )
+    .await;
+    apply(
+        gvk("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+        k8s_openapi::serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": format!("{name}-1"), "namespace": "shop",
+                          "labels": { "kubernetes.io/service-name": name } },
+            "addressType": "IPv4",
+            "ports": [{ "name": "echo", "port": port, "protocol": "TCP" }],
+            "endpoints": [{ "addresses": [pod.to_string()], "conditions": { "ready": true } }],
+        }),
+    )
+    .await;
+    if exported {
+        export(client, name).await;
+    }
+}
+
+pub async fn export(client: Client, name: &str) {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client,
+        "shop",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("multicluster.x-k8s.io", "v1alpha1", "ServiceExport"),
+            "serviceexports",
+        ),
+    );
+    let object = k8s_openapi::serde_json::json!({
+        "apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
+        "metadata": { "name": name, "namespace": "shop" },
+    });
+    api.patch(
+        name,
+        &PatchParams::apply("strait-netns-tests").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exporting {name}: {e}"));
+}
+
+/// The `GlobalIngressIP` of `shop/name`'s address, and the `Valid`
+/// condition of its ServiceExport: (status, message).
+pub async fn export_state(
+    client: Client,
+    name: String,
+) -> (Option<Ipv4Addr>, Option<(String, String)>) {
+    let get = |resource: ApiResource| {
+        let client = client.clone();
+        let name = name.clone();
+        async move {
+            Api::<DynamicObject>::namespaced_with(client, "shop", &resource)
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    let ip = get(submariner_resource("GlobalIngressIP", "globalingressips"))
+        .await
+        .and_then(|o| {
+            o.data["status"]["allocatedIP"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+        });
+    let valid = get(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("multicluster.x-k8s.io", "v1alpha1", "ServiceExport"),
+        "serviceexports",
+    ))
+    .await
+    .and_then(|o| {
+        o.data["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Valid")
+            .map(|c| {
+                (
+                    c["status"].as_str().unwrap_or_default().to_string(),
+                    c["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+    });
+    (ip, valid)
+}
+
+/// Registers a running pod as the kubelet would: its labels (`app`) and
+/// its address.
+pub async fn register_pod(client: Client, app: &str, ip: Ipv4Addr) {
+    let pods: Api<Pod> = Api::namespaced(client, "shop");
+    let pod: Pod = k8s_openapi::serde_json::from_value(k8s_openapi::serde_json::json!({
+        "metadata": { "name": app, "labels": { "app": app } },
+        "spec": { "containers": [{ "name": "main", "image": "example.invalid/none" }] },
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let status = k8s_openapi::serde_json::json!({ "status": { "podIP": ip.to_string(), "podIPs": [{ "ip": ip.to_string() }] } });
+    pods.patch_status(app, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 }

@@ -86,7 +86,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub gateway: bool,
     /// The address other clusters reach this gateway at, when NAT puts it
-    /// elsewhere than `ip`.
+    /// elsewhere than `ip`. Kubernetes mode takes the Node's ExternalIP
+    /// when this is not configured.
     #[serde(default)]
     pub public_ip: Option<IpAddr>,
 }

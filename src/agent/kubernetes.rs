@@ -41,7 +41,8 @@ pub async fn connect_local(config: &KubernetesConfig) -> Result<Namespace, Agent
 }
 
 /// Fills in the node's name (from `$NODE_NAME` unless configured), its
-/// address and its gateway candidacy from its Node object.
+/// address, its public address and its gateway candidacy from its Node
+/// object.
 pub async fn resolve_node(local: &Namespace, node: &mut NodeConfig) -> Result<(), AgentError> {
     if node.name.is_empty() {
         node.name = std::env::var(NODE_NAME_ENV).map_err(|_| {
@@ -56,18 +57,23 @@ pub async fn resolve_node(local: &Namespace, node: &mut NodeConfig) -> Result<()
         .map_err(|e| failed(format!("Node {}", node.name))(e.to_string()))?;
     let facts = node_facts(&object).map_err(failed(format!("Node {}", node.name)))?;
     node.ip = node.ip.or(Some(facts.ip));
+    node.public_ip = node.public_ip.or(facts.public_ip);
     node.gateway = facts.gateway_candidate;
-    tracing::info!(node = %node.name, ip = %facts.ip, gateway_candidate = facts.gateway_candidate, "node found");
+    tracing::info!(node = %node.name, ip = %facts.ip, public_ip = ?node.public_ip, gateway_candidate = facts.gateway_candidate, "node found");
     Ok(())
 }
 
 #[derive(Debug, PartialEq, Eq)]
 struct NodeFacts {
     ip: IpAddr,
+    /// Where other clusters reach this node, if elsewhere than `ip`.
+    public_ip: Option<IpAddr>,
     gateway_candidate: bool,
 }
 
-/// The node's InternalIP and whether it is labelled a gateway candidate.
+/// The node's InternalIP, its ExternalIP (the address other clusters
+/// reach a gateway at, where the node has one), and whether it is
+/// labelled a gateway candidate.
 fn node_facts(node: &Node) -> Result<NodeFacts, String> {
     let addresses = node
         .status
@@ -75,16 +81,18 @@ fn node_facts(node: &Node) -> Result<NodeFacts, String> {
         .and_then(|s| s.addresses.as_ref())
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let internal = addresses
-        .iter()
-        .filter(|a| a.type_ == "InternalIP")
-        .filter_map(|a| a.address.parse::<IpAddr>().ok());
     // An IPv4 address first: the VXLAN overlay is IPv4.
-    let ip = internal
-        .clone()
-        .find(IpAddr::is_ipv4)
-        .or_else(|| internal.clone().next())
-        .ok_or("has no InternalIP address in status.addresses")?;
+    let address_of = |kind: &str| {
+        let all = addresses
+            .iter()
+            .filter(|a| a.type_ == kind)
+            .filter_map(|a| a.address.parse::<IpAddr>().ok());
+        all.clone()
+            .find(IpAddr::is_ipv4)
+            .or_else(|| all.clone().next())
+    };
+    let ip = address_of("InternalIP").ok_or("has no InternalIP address in status.addresses")?;
+    let public_ip = address_of("ExternalIP");
     let gateway_candidate = node
         .metadata
         .labels
@@ -93,6 +101,7 @@ fn node_facts(node: &Node) -> Result<NodeFacts, String> {
         .is_some_and(|v| v == "true");
     Ok(NodeFacts {
         ip,
+        public_ip,
         gateway_candidate,
     })
 }
@@ -139,6 +148,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(facts.ip, "192.0.2.10".parse::<IpAddr>().unwrap());
+        assert_eq!(facts.public_ip, Some("198.51.100.1".parse().unwrap()));
         assert!(facts.gateway_candidate);
         let facts = node_facts(&node(
             &[("InternalIP", "192.0.2.11")],
@@ -146,6 +156,7 @@ mod tests {
         ))
         .unwrap();
         assert!(!facts.gateway_candidate);
+        assert_eq!(facts.public_ip, None);
     }
 
     #[test]
