@@ -24,7 +24,8 @@ use crate::broker::globalnet::claim_slice;
 use crate::metrics::Metrics;
 use crate::net::nft::{EgressPool, GlobalnetNft, Protocol};
 use crate::plan::globalnet::{
-    allocate_ingress, allocate_pools, nft_rules, parse_export, Export, Pool, SliceLayout,
+    allocate_ingress, allocate_pools, nft_rules, parse_export, Export, ExportedPod, Pool,
+    SliceLayout,
 };
 
 /// The state file, in the agent's state directory.
@@ -84,12 +85,24 @@ pub enum ExportSource {
     },
 }
 
+/// What a pass decided beyond the state file, for writing it back to the
+/// API once the node's rules are in place.
+struct Decided {
+    ingress: BTreeMap<String, Ipv4Addr>,
+    pods: Vec<ExportedPod>,
+    gone: Vec<String>,
+    cluster_pool: Pool,
+    reserved: u32,
+}
+
 pub struct GlobalnetRole {
     layout: SliceLayout,
     local_subnets: Vec<IpNet>,
     exports: ExportSource,
     /// Kubernetes mode: the state is not yet written back to the API.
     report_pending: bool,
+    /// The last pass's decisions, for [`GlobalnetRole::write_back`].
+    decided: Option<Decided>,
     state_path: PathBuf,
     state: GlobalnetState,
     reported_refusals: HashSet<(String, String)>,
@@ -133,6 +146,7 @@ impl GlobalnetRole {
             local_subnets: config.subnets(),
             exports,
             report_pending: true,
+            decided: None,
             state_path,
             state,
             reported_refusals: HashSet::new(),
@@ -145,8 +159,9 @@ impl GlobalnetRole {
         self.layout
     }
 
-    /// Reads the exports, allocates their ingress IPs, records and reports
-    /// the result; returns the rules for the node's nft table.
+    /// Reads the exports, allocates their ingress IPs, records the result;
+    /// returns the rules for the node's nft table. Once they are applied,
+    /// [`GlobalnetRole::write_back`] reports the result to the API.
     pub async fn reconcile(&mut self) -> Result<GlobalnetNft, AgentError> {
         let local = &self.local_subnets;
         let reserved = self.layout.egress;
@@ -249,34 +264,13 @@ impl GlobalnetRole {
             self.report_pending = true;
         }
         self.report(cluster_pool);
-        if let (
-            ExportSource::Kubernetes {
-                exports,
-                egress_ips,
-            },
-            true,
-        ) = (&self.exports, self.report_pending)
-        {
-            let state = &self.state;
-            let written = async {
-                exports
-                    .report(&ingress, &pods, &state.refused, &gone)
-                    .await?;
-                egress_ips
-                    .report(&state.egress_pools, &state.egress_refused)
-                    .await?;
-                egress_ips
-                    .report_cluster_pool(cluster_pool, reserved, &state.cluster_egress_refused)
-                    .await
-            }
-            .await;
-            match written {
-                Ok(()) => self.report_pending = false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "globalnet: writing the status of exports and egress IPs failed")
-                }
-            }
-        }
+        self.decided = Some(Decided {
+            ingress: ingress.clone(),
+            pods: pods.clone(),
+            gone,
+            cluster_pool,
+            reserved,
+        });
         let egress_pools = self
             .state
             .egress_pools
@@ -299,6 +293,50 @@ impl GlobalnetRole {
             &ingress,
             egress_pools,
         ))
+    }
+
+    /// Kubernetes mode: writes the last pass's result (ingress IPs, export
+    /// conditions, egress pools) to the API when it changed or an earlier
+    /// write failed. Called once the node applied the pass's rules, so an
+    /// address reported allocated already translates.
+    pub async fn write_back(&mut self) {
+        let Some(Decided {
+            ingress,
+            pods,
+            gone,
+            cluster_pool,
+            reserved,
+        }) = &self.decided
+        else {
+            return;
+        };
+        let (cluster_pool, reserved) = (*cluster_pool, *reserved);
+        if let (
+            ExportSource::Kubernetes {
+                exports,
+                egress_ips,
+            },
+            true,
+        ) = (&self.exports, self.report_pending)
+        {
+            let state = &self.state;
+            let written = async {
+                exports.report(ingress, pods, &state.refused, gone).await?;
+                egress_ips
+                    .report(&state.egress_pools, &state.egress_refused)
+                    .await?;
+                egress_ips
+                    .report_cluster_pool(cluster_pool, reserved, &state.cluster_egress_refused)
+                    .await
+            }
+            .await;
+            match written {
+                Ok(()) => self.report_pending = false,
+                Err(e) => {
+                    tracing::warn!(error = %e, "globalnet: writing the status of exports and egress IPs failed")
+                }
+            }
+        }
     }
 
     /// Logs each refusal once while it lasts; sets the gauges.

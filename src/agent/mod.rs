@@ -355,7 +355,8 @@ async fn reconcile<B: Broker>(
         gateway.reconcile(&snapshot, &plan).await?;
         tunnel_routes = gateway.routes(&plan);
     }
-    let translation = match roles.globalnet {
+    let mut globalnet = roles.globalnet;
+    let translation = match globalnet.as_deref_mut() {
         Some(globalnet) => Some(globalnet.reconcile().await?),
         None => None,
     };
@@ -363,6 +364,11 @@ async fn reconcile<B: Broker>(
         .route_agent
         .reconcile(&snapshot, &plan, translation)
         .await?;
+    // What globalnet allocated is written to the API once its rules are
+    // in place, not before: a client that sees its pool translates.
+    if let Some(globalnet) = globalnet {
+        globalnet.write_back().await;
+    }
     // A gateway that is not the cluster's active one routes like any
     // node, over VXLAN to the active one: wanting its tunnel routes to the
     // same destinations too would replace one with the other every pass.
