@@ -84,7 +84,12 @@ pub fn egress_ips(node: &Node) -> Option<String> {
 
 /// Packet counts of a test-made nft table's rules, by comment.
 pub fn probe_counts(node_ns: &crate::Netns, table: &str) -> BTreeMap<String, u64> {
-    let listing = node_ns.ok(&["nft", "list", "table", "ip", table]);
+    rule_counts(node_ns, "ip", table)
+}
+
+/// Packets counted by each commented rule of nft table `family table`.
+pub fn rule_counts(node_ns: &crate::Netns, family: &str, table: &str) -> BTreeMap<String, u64> {
+    let listing = node_ns.ok(&["nft", "list", "table", family, table]);
     listing
         .lines()
         .filter_map(|line| {

@@ -47,7 +47,7 @@ use rcgen::{
 };
 
 use crate::cluster::ECHO_PORT;
-use crate::globalnet::probe_counts;
+use crate::globalnet::{probe_counts, rule_counts};
 use crate::wait_until;
 
 /// The Kubernetes release `tests/kube/build-binaries.sh` builds.
@@ -1148,7 +1148,15 @@ impl KubeSet {
         let west_ip = west_pod.ip;
         self.local("west", move |client| async move {
             create_namespace(&client, "shop").await;
-            serve(client.clone(), "echo", west_ip, ECHO_PORT, true).await;
+            serve(
+                client.clone(),
+                "echo",
+                ServiceKind::ClusterIp,
+                west_ip,
+                ECHO_PORT,
+                true,
+            )
+            .await;
             // An export whose service does not exist.
             export(client, "missing").await;
         });
@@ -1199,22 +1207,9 @@ impl KubeSet {
         });
         let mut pool = Vec::new();
         wait_until("east's GlobalEgressIP to get its addresses", limit, || {
-            pool = self.local("east", |client| async move {
-                Api::<DynamicObject>::namespaced_with(
-                    client,
-                    "shop",
-                    &submariner_resource("GlobalEgressIP", "globalegressips"),
-                )
-                .get_opt("client")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|o| o.data["status"]["allocatedIPs"].as_array().cloned())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|ip| ip.as_str().map(String::from))
-                .collect::<Vec<String>>()
-            });
+            pool = self
+                .local("east", |c| egress_status(c, "GlobalEgressIP", "client"))
+                .0;
             pool.len() == 2
         });
         assert!(pool.iter().all(|ip| ip.starts_with("242.0.")), "{pool:?}");
@@ -1242,53 +1237,219 @@ impl KubeSet {
         assert!(seen["from the pod's pool"] > 0, "{seen:?}");
         assert_eq!(seen["from elsewhere"], 0, "{seen:?}");
     }
+
+    /// After [`KubeSet::check_globalnet_exports`]: west's cluster pool
+    /// follows `cluster-egress.submariner.io` (which its agent makes, with
+    /// all eight reserved addresses, and which is then cut to two), a
+    /// second ClusterGlobalEgressIP is refused, and an exported headless
+    /// Service's pod gets a global IP of its own, which east reaches it at
+    /// and which its own traffic to east leaves from.
+    pub fn check_cluster_pool_and_headless_export(&self, limit: Duration) {
+        const CLUSTER_EGRESS: &str = "cluster-egress.submariner.io";
+        let cluster_pool = || {
+            self.local("west", |c| {
+                egress_status(c, "ClusterGlobalEgressIP", CLUSTER_EGRESS)
+            })
+        };
+        let eight: Vec<String> = (1..=8).map(|i| format!("242.1.0.{i}")).collect();
+        wait_until(
+            "west's agent to make cluster-egress, all eight addresses",
+            limit,
+            || cluster_pool().0 == eight,
+        );
+        let cluster_egress = submariner_resource("ClusterGlobalEgressIP", "clusterglobalegressips");
+        let request = |name: &str, count: u32| {
+            k8s_openapi::serde_json::json!({
+                "apiVersion": "submariner.io/v1", "kind": "ClusterGlobalEgressIP",
+                "metadata": { "name": name }, "spec": { "numGlobalIPs": count },
+            })
+        };
+        let (resource, cut, extra) = (
+            cluster_egress.clone(),
+            request(CLUSTER_EGRESS, 2),
+            request("extra", 1),
+        );
+        self.local("west", move |client| async move {
+            apply(client.clone(), resource.clone(), false, cut).await;
+            apply(client, resource, false, extra).await;
+        });
+        wait_until("the cluster pool cut to two", limit, || {
+            cluster_pool()
+                == (
+                    vec!["242.1.0.1".into(), "242.1.0.2".into()],
+                    Some(("True".into(), String::new())),
+                )
+        });
+        let gateway = &self.set.cluster("west").gateway().ns;
+        wait_until("the gateway to translate to the two", limit, || {
+            gateway
+                .ok(&["nft", "list", "table", "inet", "strait"])
+                .contains("snat ip to 242.1.0.1-242.1.0.2")
+        });
+        wait_until(
+            "a second ClusterGlobalEgressIP to be refused",
+            limit,
+            || {
+                let (ips, condition) = self.local("west", |c| {
+                    egress_status(c, "ClusterGlobalEgressIP", "extra")
+                });
+                ips.is_empty()
+                    && condition.is_some_and(|(status, message)| {
+                        status == "False" && message.contains(CLUSTER_EGRESS)
+                    })
+            },
+        );
+
+        // West's pod behind an exported headless Service, pod `db-0`.
+        let east_pod = self.set.cluster("east").pod(0);
+        let west_pod = self.set.cluster("west").pod(0);
+        let west_ip = west_pod.ip;
+        self.local("west", move |client| async move {
+            serve(
+                client,
+                "db",
+                ServiceKind::Headless,
+                west_ip,
+                ECHO_PORT,
+                true,
+            )
+            .await;
+        });
+        let mut pod_ip = None;
+        wait_until("a global IP for headless db's pod", limit, || {
+            pod_ip = self.local("west", |c| export_state(c, "pod-db-0".into())).0;
+            pod_ip.is_some()
+        });
+        let pod_ip = pod_ip.unwrap();
+        assert!(pod_ip.octets()[..2] == [242, 1], "{pod_ip}");
+        let (_, valid) = self.local("west", |c| export_state(c, "db".into()));
+        assert_eq!(valid.map(|v| v.0).as_deref(), Some("True"));
+        wait_until("east to reach db's pod at its global IP", limit, || {
+            east_pod
+                .tcp_request_at(west_pod, pod_ip, 1024, &["--timeout", "2"])
+                .is_ok()
+        });
+        // The pod's own traffic to east (a ping of east's gateway at its
+        // health-check address) leaves from the pod's global IP.
+        let rule = "globalnet egress shop/pod-db-0";
+        let before = rule_counts(gateway, "inet", "strait")[rule];
+        west_pod
+            .ns
+            .ok(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "242.0.255.254"]);
+        let after = rule_counts(gateway, "inet", "strait")[rule];
+        assert!(after > before, "{rule}: {before} then {after} packets");
+    }
+}
+
+/// Applies `object` (which names itself) as the tests' field manager, in
+/// namespace `shop` or, with `namespaced` false, outside namespaces.
+async fn apply(
+    client: Client,
+    resource: ApiResource,
+    namespaced: bool,
+    object: k8s_openapi::serde_json::Value,
+) {
+    let name = object["metadata"]["name"].as_str().unwrap().to_string();
+    let api: Api<DynamicObject> = match namespaced {
+        true => Api::namespaced_with(client, "shop", &resource),
+        false => Api::all_with(client, &resource),
+    };
+    api.patch(
+        &name,
+        &PatchParams::apply("strait-netns-tests").force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+}
+
+/// A Service as the tests make them: with a ClusterIP, or headless.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    ClusterIp,
+    Headless,
 }
 
 /// Creates, in namespace `shop` of a cluster's API, Service `name` on
-/// `port` with one ready endpoint `pod:port` (what the endpoints
-/// controller would write) and, with `exported`, its ServiceExport.
-pub async fn serve(client: Client, name: &str, pod: Ipv4Addr, port: u16, exported: bool) {
-    let apply = |resource: ApiResource, object: k8s_openapi::serde_json::Value| {
-        let client = client.clone();
-        async move {
-            let name = object["metadata"]["name"].as_str().unwrap().to_string();
-            let api: Api<DynamicObject> = Api::namespaced_with(client, "shop", &resource);
-            api.patch(
-                &name,
-                &PatchParams::apply("strait-netns-tests").force(),
-                &Patch::Apply(object),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("applying {name}: {e}"));
-        }
-    };
+/// `port` with one ready endpoint `pod:port`, pod `<name>-0` (what the
+/// endpoints controller would write) and, with `exported`, its
+/// ServiceExport.
+pub async fn serve(
+    client: Client,
+    name: &str,
+    kind: ServiceKind,
+    pod: Ipv4Addr,
+    port: u16,
+    exported: bool,
+) {
     let gvk = |group: &str, version: &str, kind: &str, plural: &str| {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
     };
+    let mut spec = k8s_openapi::serde_json::json!({ "ports": [{ "name": "echo", "port": port, "targetPort": port }] });
+    if kind == ServiceKind::Headless {
+        spec["clusterIP"] = "None".into();
+    }
     apply(
+        client.clone(),
         gvk("", "v1", "Service", "services"),
+        true,
         k8s_openapi::serde_json::json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": { "name": name, "namespace": "shop" },
-            "spec": { "ports": [{ "name": "echo", "port": port, "targetPort": port }] },
+            "spec": spec,
         }),
     )
     .await;
     apply(
+        client.clone(),
         gvk("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+        true,
         k8s_openapi::serde_json::json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": { "name": format!("{name}-1"), "namespace": "shop",
                           "labels": { "kubernetes.io/service-name": name } },
             "addressType": "IPv4",
             "ports": [{ "name": "echo", "port": port, "protocol": "TCP" }],
-            "endpoints": [{ "addresses": [pod.to_string()], "conditions": { "ready": true } }],
+            "endpoints": [{ "addresses": [pod.to_string()], "conditions": { "ready": true },
+                            "targetRef": { "kind": "Pod", "name": format!("{name}-0"), "namespace": "shop" } }],
         }),
     )
     .await;
     if exported {
         export(client, name).await;
     }
+}
+
+/// `status.allocatedIPs` and the first condition (status, message) of
+/// egress object `name`: a `GlobalEgressIP` in namespace `shop`, or a
+/// `ClusterGlobalEgressIP`.
+pub async fn egress_status(
+    client: Client,
+    kind: &str,
+    name: &str,
+) -> (Vec<String>, Option<(String, String)>) {
+    let resource = submariner_resource(kind, &format!("{}s", kind.to_lowercase()));
+    let api: Api<DynamicObject> = match kind {
+        "ClusterGlobalEgressIP" => Api::all_with(client, &resource),
+        _ => Api::namespaced_with(client, "shop", &resource),
+    };
+    let Some(object) = api.get_opt(name).await.ok().flatten() else {
+        return (Vec::new(), None);
+    };
+    let status = &object.data["status"];
+    let ips = status["allocatedIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.as_str().map(String::from))
+        .collect();
+    let condition = status["conditions"].get(0).map(|c| {
+        (
+            c["status"].as_str().unwrap_or_default().to_string(),
+            c["message"].as_str().unwrap_or_default().to_string(),
+        )
+    });
+    (ips, condition)
 }
 
 pub async fn export(client: Client, name: &str) {

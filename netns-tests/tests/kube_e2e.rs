@@ -334,7 +334,9 @@ fn assert_not_refused(kube: &KubeSet) {
         .flat_map(|node| {
             node.log()
                 .lines()
-                .filter(|l| l.contains("403") || l.to_lowercase().contains("forbidden"))
+                // The API's refusal as kube's errors print it; a bare
+                // "403" would also match timestamps and ports.
+                .filter(|l| l.contains("code: 403") || l.to_lowercase().contains("forbidden"))
                 .map(|l| format!("{}/{}: {l}", node.cluster_id, node.name))
                 .collect::<Vec<_>>()
         })
@@ -510,5 +512,6 @@ fn with_globalnet_agents_run_with_exactly_what_join_installed() {
         &["--globalnet"],
     );
     kube.check_globalnet_exports(LIMIT);
+    kube.check_cluster_pool_and_headless_export(LIMIT);
     assert_not_refused(&kube);
 }
