@@ -168,6 +168,7 @@ stop_tunnel() { # PID NS IFN: stop; wait until the interface is gone; drop a sta
 }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+anon_kib() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; } # private: heap, stacks
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { # sum of utime+stime of the given pids
     local pid total=0 f
@@ -307,16 +308,18 @@ for ((i = 1; i <= MEM_PEERS; i++)); do
         allowed-ips "10.10.$((i / 250)).$((i % 250 + 1))/32")
 done
 measure_memory() { # IMPL
-    local impl=$1 ifn=sb${RID}${1:0:1}m pid idle ok=1
+    local impl=$1 ifn=sb${RID}${1:0:1}m pid idle idle_anon ok=1
     start_tunnel "$impl" "$NSA" "$ifn" || return 1
     pid=$STARTED_PID
     if ip netns exec "$NSA" wg set "$ifn" private-key "$KEYA" listen-port 51830 &&
         ip -n "$NSA" addr add 10.9.0.1/24 dev "$ifn" && ip -n "$NSA" link set "$ifn" mtu 1420 up; then
-        idle=$(rss_kib "$pid")
+        idle=$(rss_kib "$pid") idle_anon=$(anon_kib "$pid")
         if ip netns exec "$NSA" wg set "$ifn" "${PEERS_ARGS[@]}" &&
             poll 100 0.05 sh -c "[ \$(ip netns exec '$NSA' wg show '$ifn' peers | wc -l) -eq $MEM_PEERS ]"; then
             record "$impl" 1 rss_idle_kib "$idle"
             record "$impl" 1 rss_peers_kib "$(rss_kib "$pid")"
+            record "$impl" 1 anon_idle_kib "$idle_anon"
+            record "$impl" 1 anon_peers_kib "$(anon_kib "$pid")"
             ok=0
         fi
     fi
@@ -436,15 +439,18 @@ w("")
 peers = E["MEM_PEERS"]
 tunnels = [p for p in order if p not in ("veth", "floor")]
 w(f"Memory (VmRSS of one device; idle = configured with a key and up, no peers; then {peers} peers with random keys, "
-  "an endpoint and a /32 each; peak = largest VmHWM of a tunnel process across the throughput runs):\n")
-w(f"| implementation | idle (MiB) | {peers} peers (MiB) | per peer (KiB) | peak under load (MiB) |")
-w("|---|---:|---:|---:|---:|")
+  "an endpoint and a /32 each; private = RssAnon, the heap and stacks, without the program's own pages, "
+  "which every process running the same binary shares; peak = largest VmHWM of a tunnel process "
+  "across the throughput runs):\n")
+w(f"| implementation | idle (MiB) | {peers} peers (MiB) | per peer (KiB) | idle, private (MiB) | {peers} peers, private (MiB) | peak under load (MiB) |")
+w("|---|---:|---:|---:|---:|---:|---:|")
+mib = lambda x: f(x and x / 1024, '{:.1f}')
 for p in tunnels:
     i, k = med(p, "rss_idle_kib"), med(p, "rss_peers_kib")
     hwm = max(vals.get((p, "hwm_kib"), []), default=None)
     per = None if i is None or k is None else (k - i) / int(peers)
-    w(f"| {label[p]} | {f(i and i / 1024, '{:.1f}')} | {f(k and k / 1024, '{:.1f}')} | {f(per, '{:.1f}')} "
-      f"| {f(hwm and hwm / 1024, '{:.1f}')} |")
+    w(f"| {label[p]} | {mib(i)} | {mib(k)} | {f(per, '{:.1f}')} | {mib(med(p, 'anon_idle_kib'))} "
+      f"| {mib(med(p, 'anon_peers_kib'))} | {mib(hwm)} |")
 w("")
 
 others = [p for p in ("wggo", "btcli") if p in order]
