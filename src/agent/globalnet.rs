@@ -264,6 +264,16 @@ impl GlobalnetRole {
             self.report_pending = true;
         }
         self.report(cluster_pool);
+        // Deletions a failed write left undone stay due.
+        let mut gone = gone;
+        if let Some(previous) = self.decided.take() {
+            let undone: Vec<String> = previous
+                .gone
+                .into_iter()
+                .filter(|n| !ingress.contains_key(n) && !gone.contains(n))
+                .collect();
+            gone.extend(undone);
+        }
         self.decided = Some(Decided {
             ingress: ingress.clone(),
             pods: pods.clone(),
@@ -300,41 +310,50 @@ impl GlobalnetRole {
     /// write failed. Called once the node applied the pass's rules, so an
     /// address reported allocated already translates.
     pub async fn write_back(&mut self) {
-        let Some(Decided {
-            ingress,
-            pods,
-            gone,
-            cluster_pool,
-            reserved,
-        }) = &self.decided
-        else {
-            return;
-        };
-        let (cluster_pool, reserved) = (*cluster_pool, *reserved);
-        if let (
-            ExportSource::Kubernetes {
-                exports,
-                egress_ips,
-            },
-            true,
-        ) = (&self.exports, self.report_pending)
-        {
-            let state = &self.state;
-            let written = async {
-                exports.report(ingress, pods, &state.refused, gone).await?;
-                egress_ips
-                    .report(&state.egress_pools, &state.egress_refused)
-                    .await?;
-                egress_ips
-                    .report_cluster_pool(cluster_pool, reserved, &state.cluster_egress_refused)
-                    .await
-            }
-            .await;
-            match written {
-                Ok(()) => self.report_pending = false,
-                Err(e) => {
-                    tracing::warn!(error = %e, "globalnet: writing the status of exports and egress IPs failed")
+        let written = match (&self.exports, &self.decided, self.report_pending) {
+            (
+                ExportSource::Kubernetes {
+                    exports,
+                    egress_ips,
+                },
+                Some(decided),
+                true,
+            ) => {
+                let state = &self.state;
+                async {
+                    exports
+                        .report(
+                            &decided.ingress,
+                            &decided.pods,
+                            &state.refused,
+                            &decided.gone,
+                        )
+                        .await?;
+                    egress_ips
+                        .report(&state.egress_pools, &state.egress_refused)
+                        .await?;
+                    egress_ips
+                        .report_cluster_pool(
+                            decided.cluster_pool,
+                            decided.reserved,
+                            &state.cluster_egress_refused,
+                        )
+                        .await
                 }
+                .await
+            }
+            // Nothing to write: dir mode, or nothing changed.
+            _ => Ok(()),
+        };
+        match written {
+            Ok(()) => {
+                self.report_pending = false;
+                if let Some(decided) = &mut self.decided {
+                    decided.gone.clear();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "globalnet: writing the status of exports and egress IPs failed")
             }
         }
     }
