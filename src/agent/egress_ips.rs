@@ -84,17 +84,11 @@ pub struct EgressIps {
 
 impl EgressIps {
     pub fn start(client: Client, changes: &watch::Sender<u64>) -> EgressIps {
-        let watch = |resource: ApiResource, what: &str| {
-            Watched::start(
-                Api::all_with(client.clone(), &resource),
-                format!("{what} in every namespace"),
-                changes.clone(),
-            )
-        };
+        let watch = |resource: ApiResource| Watched::everywhere(&client, &resource, changes);
         EgressIps {
-            cluster: watch(cluster_egress_ip_resource(), "clusterglobalegressips"),
-            requests: watch(global_egress_ip_resource(), "globalegressips"),
-            pods: watch(pod_resource(), "pods"),
+            cluster: watch(cluster_egress_ip_resource()),
+            requests: watch(global_egress_ip_resource()),
+            pods: watch(pod_resource()),
             client,
         }
     }

@@ -67,17 +67,11 @@ pub struct ServiceExports {
 impl ServiceExports {
     /// Starts the watches; `changes` is bumped on every change.
     pub fn start(client: Client, changes: &watch::Sender<u64>) -> ServiceExports {
-        let watch = |resource: ApiResource, what: &str| {
-            Watched::start(
-                Api::all_with(client.clone(), &resource),
-                format!("{what} in every namespace"),
-                changes.clone(),
-            )
-        };
+        let watch = |resource: ApiResource| Watched::everywhere(&client, &resource, changes);
         ServiceExports {
-            exports: watch(service_export_resource(), "serviceexports"),
-            services: watch(service_resource(), "services"),
-            endpoint_slices: watch(endpoint_slice_resource(), "endpointslices"),
+            exports: watch(service_export_resource()),
+            services: watch(service_resource()),
+            endpoint_slices: watch(endpoint_slice_resource()),
             client,
         }
     }

@@ -57,6 +57,21 @@ impl Watched {
         Watched { objects, task }
     }
 
+    /// Watches every object of `resource` the client can see: in every
+    /// namespace, or cluster-wide for a kind outside namespaces.
+    pub fn everywhere(
+        client: &Client,
+        resource: &ApiResource,
+        changes: &watch::Sender<u64>,
+    ) -> Watched {
+        let target = format!("{} in every namespace", resource.plural);
+        Watched::start(
+            Api::all_with(client.clone(), resource),
+            target,
+            changes.clone(),
+        )
+    }
+
     /// The objects now.
     pub fn objects(&self) -> parking_lot::RwLockReadGuard<'_, Cache> {
         self.objects.read()
